@@ -1,0 +1,114 @@
+//! Framed I/O over one TCP connection: whole frames in, whole frames out.
+//! Knows the frame layout, not what messages mean.
+
+use crate::ratelimit::RateLimiter;
+use crate::wire::{self, Frame, FrameError};
+use bytes::BytesMut;
+use std::io::{self, IoSlice};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// How much the read buffer grows by at a time while a large frame arrives,
+/// so a peer that announces 1 MiB and stalls costs little memory.
+const READ_CHUNK: usize = 256 * 1024;
+/// GIVE data is written in pieces of this size when the upload is rate limited,
+/// so even a limit far below one piece per second moves bytes steadily.
+const PACED_CHUNK: usize = 16 * 1024;
+
+/// Why reading a frame failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The network failed or the peer closed mid-frame.
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+    /// The peer sent bytes that are not a legal frame.
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] FrameError),
+}
+
+/// The reading half of a connection.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Wraps a byte stream.
+    pub fn new(inner: R) -> Self {
+        FrameReader { inner, buf: BytesMut::with_capacity(64 * 1024) }
+    }
+
+    /// The next frame, or `None` when the peer closed cleanly between frames.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        loop {
+            if let Some(frame) = wire::decode(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            let want = wire::frame_size(&self.buf)?.unwrap_or(wire::LEN_PREFIX);
+            let missing = want.saturating_sub(self.buf.len()).max(1);
+            self.buf.reserve(missing.min(READ_CHUNK).max(8 * 1024));
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed in the middle of a frame").into());
+            }
+        }
+    }
+
+    /// Bytes received but not yet decoded (a partial frame).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The underlying stream.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+}
+
+/// The writing half of a connection.
+pub struct FrameWriter<W> {
+    inner: W,
+    head: BytesMut,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Wraps a byte sink.
+    pub fn new(inner: W) -> Self {
+        FrameWriter { inner, head: BytesMut::with_capacity(1024) }
+    }
+
+    /// Writes one frame; a GIVE's data goes out from where it lies (one vectored
+    /// write of header and data), paced by `limiter` when there is one.
+    pub async fn write_frame(&mut self, frame: &Frame, limiter: Option<&RateLimiter>) -> io::Result<()> {
+        self.head.clear();
+        let data = frame.encode_head(&mut self.head);
+        match (data, limiter) {
+            (None, _) => self.inner.write_all(&self.head).await?,
+            (Some(data), None) => {
+                let mut bufs = [IoSlice::new(&self.head), IoSlice::new(data)];
+                let mut bufs = &mut bufs[..];
+                while !bufs.is_empty() {
+                    let n = self.inner.write_vectored(bufs).await?;
+                    if n == 0 {
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    IoSlice::advance_slices(&mut bufs, n);
+                }
+            }
+            (Some(data), Some(limiter)) => {
+                self.inner.write_all(&self.head).await?;
+                for chunk in data.chunks(PACED_CHUNK) {
+                    limiter.acquire(chunk.len()).await;
+                    self.inner.write_all(chunk).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes and closes the sending direction.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.inner.shutdown().await
+    }
+}

@@ -1,0 +1,29 @@
+//! pex: a content-addressed, BitTorrent-style piece-exchange node.
+//!
+//! A file is cut into 1 MiB pieces addressed by SHA-256; a manifest lists them
+//! and its own SHA-256, the root hash, names the file. Nodes exchange blobs over
+//! TCP with the v1 wire protocol (see docs/PROTOCOL.md).
+//!
+//! Layers, bottom up: [`wire`] (frame codec, pure), [`connection`] (framed I/O),
+//! [`peer`] (one connection's tasks), [`node`] (listener, registry, peer
+//! exchange, shutdown), [`fetch`] (download engine) with [`picker`] (pure piece
+//! choice), and [`store`]/[`datadir`] for pieces on disk and persistent records.
+
+#![warn(missing_docs)]
+
+pub mod connection;
+pub mod datadir;
+pub mod fetch;
+pub mod hash;
+pub mod manifest;
+pub mod node;
+pub mod peer;
+pub mod peers;
+pub mod picker;
+pub mod ratelimit;
+pub mod store;
+pub mod wire;
+
+pub use fetch::{FetchError, FetchOptions, FetchOutcome, Progress};
+pub use hash::{Hash, NodeId};
+pub use node::{Config, Node, NodeStats, Timeouts};

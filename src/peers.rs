@@ -1,0 +1,207 @@
+//! The table of known peer addresses behind peer exchange: candidates learned
+//! from PEERS, addresses verified by a completed HELLO, failures and backoff.
+//!
+//! Only verified addresses (this node completed a HELLO there itself) are ever
+//! shared, so nobody can use pex to make a swarm dial a third party. The table
+//! is bounded; unverified, failing and stale entries are evicted first.
+
+use crate::hash::NodeId;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Most addresses kept.
+pub const MAX_KNOWN_PEERS: usize = 2000;
+/// First retry delay after a failed dial; doubles per failure.
+const BACKOFF_START: Duration = Duration::from_millis(250);
+/// Longest retry delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+/// What the node knows of one address.
+#[derive(Clone, Debug)]
+pub struct KnownPeer {
+    /// The node id last seen at this address.
+    pub node_id: Option<NodeId>,
+    /// This node completed a HELLO at this address.
+    pub verified: bool,
+    /// Given on the command line: never evicted, always retried.
+    pub pinned: bool,
+    /// This address turned out to be ourselves.
+    pub is_self: bool,
+    /// Last successful contact.
+    pub last_seen: Option<Instant>,
+    /// Dial failures since the last success.
+    pub failures: u32,
+    /// Not to be dialled before this.
+    pub next_try: Instant,
+    /// The last dial error, for messages.
+    pub last_error: Option<String>,
+    /// When it entered the table (for PEERS re-sends of "what is new").
+    pub added: Instant,
+}
+
+/// The bounded table of known addresses.
+#[derive(Debug, Default)]
+pub struct PeerTable {
+    entries: HashMap<SocketAddr, KnownPeer>,
+}
+
+impl PeerTable {
+    /// Number of known addresses.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no address is known.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// One entry.
+    pub fn get(&self, addr: &SocketAddr) -> Option<&KnownPeer> {
+        self.entries.get(addr)
+    }
+
+    /// Adds an address to dial; `pinned` ones come from the user.
+    pub fn add(&mut self, addr: SocketAddr, pinned: bool) {
+        let now = Instant::now();
+        if let Some(e) = self.entries.get_mut(&addr) {
+            e.pinned |= pinned;
+            return;
+        }
+        if self.entries.len() >= MAX_KNOWN_PEERS && !self.evict_one() {
+            return;
+        }
+        self.entries.insert(
+            addr,
+            KnownPeer {
+                node_id: None,
+                verified: false,
+                pinned,
+                is_self: false,
+                last_seen: None,
+                failures: 0,
+                next_try: now,
+                last_error: None,
+                added: now,
+            },
+        );
+    }
+
+    /// A HELLO completed with `id` at `addr`, which this node dialled.
+    pub fn verified(&mut self, addr: SocketAddr, id: NodeId) {
+        self.add(addr, false);
+        if let Some(e) = self.entries.get_mut(&addr) {
+            e.verified = true;
+            e.node_id = Some(id);
+            e.failures = 0;
+            e.last_error = None;
+            e.last_seen = Some(Instant::now());
+        }
+    }
+
+    /// `addr` answered with our own node id.
+    pub fn mark_self(&mut self, addr: SocketAddr) {
+        self.add(addr, false);
+        if let Some(e) = self.entries.get_mut(&addr) {
+            e.is_self = true;
+            e.verified = false;
+        }
+    }
+
+    /// A dial of `addr` failed; it is retried after a growing delay.
+    pub fn failed(&mut self, addr: SocketAddr, error: String) {
+        if let Some(e) = self.entries.get_mut(&addr) {
+            e.failures = e.failures.saturating_add(1);
+            let backoff = BACKOFF_START.saturating_mul(1 << e.failures.min(6)).min(BACKOFF_MAX);
+            let jitter = backoff.mul_f64(fastrand::f64() * 0.25);
+            e.next_try = Instant::now() + backoff + jitter;
+            e.last_error = Some(error);
+        }
+    }
+
+    /// Removes an address (banned, or the user said so).
+    pub fn remove(&mut self, addr: &SocketAddr) {
+        self.entries.remove(addr);
+    }
+
+    /// Addresses due for a dial now, pinned first.
+    pub fn due(&self, now: Instant, pex: bool) -> Vec<SocketAddr> {
+        let mut due: Vec<(bool, SocketAddr)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.is_self && e.next_try <= now && (pex || e.pinned))
+            .map(|(a, e)| (!e.pinned, *a))
+            .collect();
+        due.sort();
+        due.into_iter().map(|(_, a)| a).collect()
+    }
+
+    /// Verified addresses to share in PEERS, newest contact first, at most `max`;
+    /// `since` keeps only those added after it.
+    pub fn shareable(&self, max: usize, since: Option<Instant>) -> Vec<SocketAddr> {
+        let mut v: Vec<(&SocketAddr, &KnownPeer)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                e.verified
+                    && !e.is_self
+                    && e.failures < 3
+                    && since.is_none_or(|s| e.added > s || e.last_seen.is_some_and(|l| l > s))
+            })
+            .collect();
+        v.sort_by_key(|(_, e)| std::cmp::Reverse(e.last_seen));
+        v.into_iter().take(max).map(|(a, _)| *a).collect()
+    }
+
+    /// Evicts the least useful unpinned entry; false if all are pinned.
+    fn evict_one(&mut self) -> bool {
+        let victim = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.pinned)
+            .min_by_key(|(_, e)| (e.verified, std::cmp::Reverse(e.failures), e.last_seen, e.added))
+            .map(|(a, _)| *a);
+        match victim {
+            Some(a) => {
+                self.entries.remove(&a);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(i: u32) -> SocketAddr {
+        SocketAddr::new(std::net::Ipv6Addr::from(i as u128).into(), 9000)
+    }
+
+    #[test]
+    fn table_stays_bounded_and_keeps_verified_and_pinned_peers() {
+        let mut t = PeerTable::default();
+        t.add(addr(0), true);
+        t.verified(addr(1), NodeId([1; 32]));
+        for i in 2..(MAX_KNOWN_PEERS as u32 + 500) {
+            t.add(addr(i), false);
+        }
+        assert_eq!(t.len(), MAX_KNOWN_PEERS);
+        assert!(t.get(&addr(0)).is_some() && t.get(&addr(1)).is_some());
+    }
+
+    #[test]
+    fn only_verified_peers_are_shared_and_failures_back_off() {
+        let mut t = PeerTable::default();
+        t.add(addr(1), false);
+        t.verified(addr(2), NodeId([2; 32]));
+        assert_eq!(t.shareable(50, None), vec![addr(2)]);
+        let now = Instant::now();
+        assert_eq!(t.due(now, true).len(), 2);
+        assert_eq!(t.due(now, false).len(), 0, "without pex only pinned peers are dialled");
+        t.failed(addr(1), "refused".into());
+        assert!(!t.due(Instant::now(), true).contains(&addr(1)));
+    }
+}

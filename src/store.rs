@@ -1,0 +1,479 @@
+//! Piece storage: every blob this node can serve, and the `.part` files it writes.
+//!
+//! Two kinds of file back pieces:
+//! - **Sources** (files a user seeds) are mapped read-only. pex never reads them
+//!   through the mapping itself: GIVE data goes from the mapping to the socket in
+//!   one `writev`, so if another program truncates the file the kernel answers
+//!   `EFAULT` instead of raising SIGBUS. Before every GIVE the file's size and
+//!   modification time are checked; a changed or vanished source stops being served.
+//! - **Partial downloads** are `.part` files pex creates, preallocates and maps
+//!   writable; a verified piece is copied into place and from then on served too.
+//!
+//! Mapped pages are released (`MADV_DONTNEED`) once sent or written, so resident
+//! memory does not grow with the file size.
+
+use crate::hash::Hash;
+use crate::manifest::{FileInfo, PIECE_SIZE};
+use bitvec::prelude::*;
+use bytes::Bytes;
+use memmap2::{Mmap, MmapOptions, MmapRaw, UncheckedAdvice};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+/// One bit per piece, most significant bit first: the wire order of BITFIELD.
+pub type Bits = BitVec<u8, Msb0>;
+
+/// Errors of the storage layer: always the disk or the file system, never a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An I/O error on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// Not enough free space for a download.
+    #[error("not enough disk space for {path}: need {need} bytes, {free} free")]
+    NoSpace {
+        /// The file to be written.
+        path: PathBuf,
+        /// Bytes needed.
+        need: u64,
+        /// Bytes available.
+        free: u64,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_owned(), source }
+}
+
+/// A mapping a served slice can keep alive.
+enum Mapping {
+    ReadOnly(Mmap),
+    Writable(MmapRaw),
+}
+
+impl Mapping {
+    fn ptr(&self) -> *const u8 {
+        match self {
+            Mapping::ReadOnly(m) => m.as_ptr(),
+            Mapping::Writable(m) => m.as_ptr(),
+        }
+    }
+
+    /// Drops the page-table entries for a range: the pages stay in the page cache
+    /// (dirty ones are kept and written back), but no longer count as our memory.
+    fn release(&self, off: usize, len: usize) {
+        // SAFETY: DONTNEED on a shared file mapping only unmaps pages; their
+        // contents remain in the page cache and reappear on the next access.
+        let _ = unsafe {
+            match self {
+                Mapping::ReadOnly(m) => m.unchecked_advise_range(UncheckedAdvice::DontNeed, off, len),
+                Mapping::Writable(m) => m.unchecked_advise_range(UncheckedAdvice::DontNeed, off, len),
+            }
+        };
+    }
+}
+
+/// A range of a mapping handed to the network as `Bytes` without copying.
+struct MapSlice {
+    map: Arc<Mapping>,
+    off: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for MapSlice {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: off + len is within the mapping (checked when the slice is made),
+        // and the mapping lives as long as `self.map`. Pieces are only served once
+        // verified and are never written again, so nothing mutates this range.
+        unsafe { std::slice::from_raw_parts(self.map.ptr().add(self.off), self.len) }
+    }
+}
+
+impl Drop for MapSlice {
+    fn drop(&mut self) {
+        self.map.release(self.off, self.len);
+    }
+}
+
+/// A seeded file, identified by its size and modification time when hashed.
+struct Source {
+    path: PathBuf,
+    file: File,
+    map: Option<Arc<Mapping>>,
+    size: u64,
+    mtime: Option<SystemTime>,
+}
+
+impl Source {
+    /// True while the file on disk is the one that was hashed.
+    fn is_fresh(&self) -> bool {
+        let same = |m: io::Result<std::fs::Metadata>| match m {
+            Ok(m) => m.len() == self.size && m.modified().ok() == self.mtime,
+            Err(_) => false,
+        };
+        same(self.file.metadata()) && same(std::fs::metadata(&self.path))
+    }
+}
+
+/// A `.part` file being filled, mapped writable.
+pub struct PartFile {
+    path: PathBuf,
+    file: File,
+    map: Option<Arc<Mapping>>,
+    size: u64,
+}
+
+impl PartFile {
+    /// Opens or creates `path` with length `size`, reserving the disk blocks up
+    /// front so a full disk is reported now rather than as SIGBUS later.
+    pub fn open(path: &Path, size: u64) -> Result<PartFile, StoreError> {
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io_err(path))?;
+        let existing = file.metadata().map_err(io_err(path))?.len();
+        if existing != size {
+            file.set_len(size).map_err(io_err(path))?;
+        }
+        reserve(&file, path, size)?;
+        let map = if size == 0 {
+            None
+        } else {
+            let raw = MmapOptions::new().len(size as usize).map_raw(&file).map_err(io_err(path))?;
+            Some(Arc::new(Mapping::Writable(raw)))
+        };
+        Ok(PartFile { path: path.to_owned(), file, map, size })
+    }
+
+    /// Path of the `.part` file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Copies a verified piece into place and releases its pages.
+    ///
+    /// Callers write each piece index at most once and never while it is served.
+    pub fn write_piece(&self, index: u64, data: &[u8]) -> Result<(), StoreError> {
+        let off = index * PIECE_SIZE;
+        if off + data.len() as u64 > self.size {
+            return Err(StoreError::Io {
+                path: self.path.clone(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "piece beyond end of file"),
+            });
+        }
+        let Some(map) = &self.map else { return Ok(()) };
+        let Mapping::Writable(raw) = &**map else { unreachable!("part files are writable") };
+        // SAFETY: the range is inside the mapping (checked above); no other thread
+        // writes or reads this piece's range until it is marked held.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), raw.as_mut_ptr().add(off as usize), data.len());
+        }
+        map.release(off as usize, data.len());
+        Ok(())
+    }
+
+    /// Reads piece bytes back (to re-verify a resumed download).
+    pub fn read_piece(&self, index: u64, len: usize) -> Vec<u8> {
+        match &self.map {
+            Some(map) => {
+                let slice = MapSlice { map: map.clone(), off: (index * PIECE_SIZE) as usize, len };
+                slice.as_ref().to_vec()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Flushes written pieces to disk.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.file.sync_data().map_err(io_err(&self.path))
+    }
+}
+
+/// Reserves disk blocks for `size` bytes, failing early with the numbers when the disk is too small.
+fn reserve(file: &File, path: &Path, size: u64) -> Result<(), StoreError> {
+    use std::os::fd::AsRawFd;
+    if size == 0 {
+        return Ok(());
+    }
+    // SAFETY: plain syscall on an open descriptor.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
+    match rc {
+        0 => Ok(()),
+        libc::ENOSPC => {
+            Err(StoreError::NoSpace { path: path.to_owned(), need: size, free: free_space(path).unwrap_or(0) })
+        }
+        // File systems without fallocate: fall back to a sparse file.
+        libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        rc => Err(StoreError::Io { path: path.to_owned(), source: io::Error::from_raw_os_error(rc) }),
+    }
+}
+
+/// Free bytes on the file system holding `path` (or its parent directory).
+pub fn free_space(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = if path.is_dir() {
+        path
+    } else {
+        path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+    };
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: statvfs writes into the zeroed struct we pass; `c` is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+enum Backing {
+    Source(Source),
+    Partial(Arc<PartFile>),
+}
+
+/// A file this node serves pieces of: a seeded source or a download in progress.
+pub struct FileEntry {
+    /// Manifest, lists and piece hashes.
+    pub info: Arc<FileInfo>,
+    backing: Backing,
+    held: Mutex<Bits>,
+    stale: AtomicBool,
+}
+
+impl FileEntry {
+    /// Which pieces this node holds, in BITFIELD order.
+    pub fn held(&self) -> Bits {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether any piece is held (a node that holds nothing answers no BITFIELD).
+    pub fn holds_any(&self) -> bool {
+        !self.stale.load(Ordering::Relaxed) && self.held.lock().unwrap_or_else(|e| e.into_inner()).any()
+    }
+
+    fn holds(&self, index: usize) -> bool {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).get(index).is_some_and(|b| *b)
+    }
+
+    /// Bytes of piece `index`, straight from the mapping, or `None` if not held
+    /// or the source changed on disk.
+    fn piece(&self, index: usize) -> Option<Bytes> {
+        if self.stale.load(Ordering::Relaxed) || !self.holds(index) {
+            return None;
+        }
+        let (map, size) = match &self.backing {
+            Backing::Source(src) => {
+                if !src.is_fresh() {
+                    if !self.stale.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(path = %src.path.display(), "seeded file changed or vanished; no longer serving it");
+                    }
+                    return None;
+                }
+                (src.map.as_ref(), src.size)
+            }
+            Backing::Partial(part) => (part.map.as_ref(), part.size),
+        };
+        let off = index as u64 * PIECE_SIZE;
+        let len = (size - off).min(PIECE_SIZE) as usize;
+        match map {
+            Some(map) => Some(Bytes::from_owner(MapSlice { map: map.clone(), off: off as usize, len })),
+            None => Some(Bytes::new()),
+        }
+    }
+
+    /// False once a seeded source was seen changed or gone.
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+enum BlobSource {
+    Memory(Bytes),
+    Piece(Arc<FileEntry>, usize),
+}
+
+/// Every blob this node can GIVE, by hash, and the files behind them.
+#[derive(Default)]
+pub struct Store {
+    inner: RwLock<StoreInner>,
+}
+
+#[derive(Default)]
+struct StoreInner {
+    blobs: HashMap<Hash, Vec<BlobSource>>,
+    files: HashMap<Hash, Arc<FileEntry>>,
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new() -> Store {
+        Store::default()
+    }
+
+    /// Serves a seeded file: maps it read-only and registers its manifest, lists and pieces.
+    /// `mtime` is the modification time the pieces were hashed at.
+    pub fn add_source(
+        &self,
+        info: Arc<FileInfo>,
+        path: &Path,
+        mtime: Option<SystemTime>,
+    ) -> Result<Arc<FileEntry>, StoreError> {
+        let file = File::open(path).map_err(io_err(path))?;
+        let size = info.manifest.size;
+        let map = if size == 0 {
+            None
+        } else {
+            // SAFETY: the mapping is never read by pex code directly, only by the
+            // kernel in writev (see the module docs), so truncation cannot SIGBUS us.
+            let m = unsafe { MmapOptions::new().len(size as usize).map(&file) }.map_err(io_err(path))?;
+            Some(Arc::new(Mapping::ReadOnly(m)))
+        };
+        let pieces = info.pieces.len();
+        let source = Source { path: path.to_owned(), file, map, size, mtime };
+        let entry = Arc::new(FileEntry {
+            info,
+            backing: Backing::Source(source),
+            held: Mutex::new(bitvec![u8, Msb0; 1; pieces]),
+            stale: AtomicBool::new(false),
+        });
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.register_meta(&entry);
+        for (i, h) in entry.info.pieces.iter().enumerate() {
+            inner.blobs.entry(*h).or_default().push(BlobSource::Piece(entry.clone(), i));
+        }
+        inner.files.insert(entry.info.root, entry.clone());
+        Ok(entry)
+    }
+
+    /// Serves the manifest and lists of a download, and its pieces as they are verified.
+    pub fn add_partial(&self, info: Arc<FileInfo>, part: Arc<PartFile>, held: Bits) -> Arc<FileEntry> {
+        let entry = Arc::new(FileEntry {
+            info,
+            backing: Backing::Partial(part),
+            held: Mutex::new(held.clone()),
+            stale: AtomicBool::new(false),
+        });
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.register_meta(&entry);
+        for i in held.iter_ones() {
+            inner.blobs.entry(entry.info.pieces[i]).or_default().push(BlobSource::Piece(entry.clone(), i));
+        }
+        inner.files.insert(entry.info.root, entry.clone());
+        entry
+    }
+
+    /// Records that a download now holds piece `index`, and serves it.
+    pub fn mark_held(&self, entry: &Arc<FileEntry>, index: usize) {
+        entry.held.lock().unwrap_or_else(|e| e.into_inner()).set(index, true);
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.blobs.entry(entry.info.pieces[index]).or_default().push(BlobSource::Piece(entry.clone(), index));
+    }
+
+    /// Adds a small blob kept in memory (a fetched manifest or hash list).
+    pub fn add_blob(&self, hash: Hash, data: Bytes) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let sources = inner.blobs.entry(hash).or_default();
+        if !sources.iter().any(|s| matches!(s, BlobSource::Memory(_))) {
+            sources.push(BlobSource::Memory(data));
+        }
+    }
+
+    /// Stops serving everything of `root`'s file.
+    pub fn remove_file(&self, root: &Hash) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = inner.files.remove(root) {
+            inner.blobs.retain(|_, sources| {
+                sources.retain(|s| !matches!(s, BlobSource::Piece(e, _) if Arc::ptr_eq(e, &entry)));
+                !sources.is_empty()
+            });
+        }
+    }
+
+    /// The file registered under `root`, if any.
+    pub fn file(&self, root: &Hash) -> Option<Arc<FileEntry>> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).files.get(root).cloned()
+    }
+
+    /// Roots of every file this node serves.
+    pub fn roots(&self) -> Vec<Hash> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).files.keys().copied().collect()
+    }
+
+    /// The blob with this hash, if this node can serve it now.
+    pub fn get(&self, hash: &Hash) -> Option<Bytes> {
+        let sources = self.inner.read().unwrap_or_else(|e| e.into_inner()).blobs.get(hash)?.clone();
+        sources.iter().find_map(|s| match s {
+            BlobSource::Memory(b) => Some(b.clone()),
+            BlobSource::Piece(entry, i) => entry.piece(*i),
+        })
+    }
+}
+
+impl StoreInner {
+    fn register_meta(&mut self, entry: &Arc<FileEntry>) {
+        let info = &entry.info;
+        let mut add = |h: Hash, b: &Bytes| {
+            let v = self.blobs.entry(h).or_default();
+            if !v.iter().any(|s| matches!(s, BlobSource::Memory(_))) {
+                v.push(BlobSource::Memory(b.clone()));
+            }
+        };
+        add(info.root, &info.manifest_blob);
+        for (h, b) in info.manifest.lists.iter().zip(&info.lists) {
+            add(*h, b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::hash_pieces;
+    use std::io::Write;
+
+    #[test]
+    fn serves_source_pieces_and_stops_when_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..PIECE_SIZE as usize + 10).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+        let pieces = hash_pieces(&file, data.len() as u64, 2, &|_| {}).unwrap();
+        let info = Arc::new(FileInfo::new("f", data.len() as u64, pieces));
+        let mtime = file.metadata().unwrap().modified().ok();
+        let store = Store::new();
+        store.add_source(info.clone(), &path, mtime).unwrap();
+        assert_eq!(store.get(&info.root).unwrap(), info.manifest_blob);
+        assert_eq!(&store.get(&info.pieces[1]).unwrap()[..], &data[PIECE_SIZE as usize..]);
+        // Truncating the source makes the node stop serving it, without touching the pages.
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(5).unwrap();
+        assert!(store.get(&info.pieces[0]).is_none());
+        assert!(store.file(&info.root).unwrap().is_stale());
+    }
+
+    #[test]
+    fn part_file_pieces_are_served_once_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![3u8; 1000];
+        let info = Arc::new(FileInfo::new("p", 1000, vec![Hash::of(&data)]));
+        let part = Arc::new(PartFile::open(&dir.path().join("p.part"), 1000).unwrap());
+        let store = Store::new();
+        let entry = store.add_partial(info.clone(), part.clone(), bitvec![u8, Msb0; 0; 1]);
+        assert!(store.get(&info.pieces[0]).is_none());
+        part.write_piece(0, &data).unwrap();
+        store.mark_held(&entry, 0);
+        assert_eq!(&store.get(&info.pieces[0]).unwrap()[..], &data[..]);
+        part.sync().unwrap();
+        let mut f = File::open(dir.path().join("p.part")).unwrap();
+        f.flush().unwrap();
+        assert_eq!(std::fs::read(dir.path().join("p.part")).unwrap(), data);
+    }
+}
