@@ -107,6 +107,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// The underlying sink, for writing raw bytes (tests, fuzzing peers).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
     /// Flushes and closes the sending direction.
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.inner.shutdown().await

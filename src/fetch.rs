@@ -290,6 +290,8 @@ impl PeerState {
 /// Where verified pieces go.
 struct Output {
     path: PathBuf,
+    /// The `.part` existed before this run: its pieces are checked, not trusted.
+    resumed: bool,
     part: Arc<PartFile>,
     entry: Option<Arc<FileEntry>>,
 }
@@ -651,7 +653,7 @@ impl Download {
             p.total_bytes = manifest.size;
         });
         self.manifest = Some((blob, manifest));
-        self.out = Some(Output { path, part, entry: None });
+        self.out = Some(Output { path, resumed: resuming, part, entry: None });
         self.maybe_start_pieces()
     }
 
@@ -675,7 +677,8 @@ impl Download {
             dd.save_info(&info).map_err(FetchError::DataDir)?;
         }
         let Some(out) = &mut self.out else { return Ok(()) };
-        let held = verify_existing(&out.part, &info);
+        let held =
+            if out.resumed { verify_existing(&out.part, &info) } else { bitvec![u8, Msb0; 0; info.pieces.len()] };
         let blobs = Blobs::new(&info.pieces);
         let mut held_blobs = bitvec![0; blobs.hashes.len()];
         for (b, pieces) in blobs.pieces_of.iter().enumerate() {
@@ -743,10 +746,9 @@ impl Download {
                 continue;
             }
             while p.asked.len() < p.depth() && inflight < MAX_INFLIGHT {
-                let Some(b) = picker.pick(p.has.as_deref(), |b| p.asked.contains(&blobs.hashes[b]), &mut self.rng)
-                else {
-                    break;
-                };
+                let verifying = &self.verifying_blobs;
+                let skip = |b: usize| p.asked.contains(&blobs.hashes[b]) || verifying.contains(&(b as u32));
+                let Some(b) = picker.pick(p.has.as_deref(), skip, &mut self.rng) else { break };
                 picker.requested(b);
                 ask(p, blobs.hashes[b], &self.tx, now);
                 inflight += 1;

@@ -274,6 +274,11 @@ impl Node {
         lock(&self.shared.table).get(addr).and_then(|e| e.last_error.clone())
     }
 
+    /// Whether dialling `addr` reached this very node (it is then never dialled again).
+    pub fn is_self_address(&self, addr: &SocketAddr) -> bool {
+        lock(&self.shared.table).get(addr).is_some_and(|e| e.is_self)
+    }
+
     /// Live connections.
     pub fn connected_peers(&self) -> usize {
         lock(&self.shared.registry).by_conn.len()
@@ -546,9 +551,7 @@ impl Shared {
         if lock(&self.dialing).contains(addr) || lock(&self.bans).addrs.contains(addr) {
             return true;
         }
-        if self.local_addr.is_some_and(|l| {
-            l == *addr || (l.port() == addr.port() && addr.ip().is_loopback() && l.ip().is_unspecified())
-        }) {
+        if self.local_addr == Some(*addr) {
             return true;
         }
         let known_id = lock(&self.table).get(addr).and_then(|e| e.node_id);

@@ -186,6 +186,7 @@ pub(crate) async fn dial(
     addr: SocketAddr,
     permit: OwnedSemaphorePermit,
 ) -> Result<Arc<PeerConn>, PeerError> {
+    tracing::debug!(peer = %addr, "dialling");
     let socket = if addr.is_ipv6() { tokio::net::TcpSocket::new_v6()? } else { tokio::net::TcpSocket::new_v4()? };
     let _ = socket.set_send_buffer_size(crate::node::SOCKET_BUFFER);
     let _ = socket.set_recv_buffer_size(crate::node::SOCKET_BUFFER);
@@ -285,6 +286,7 @@ pub(crate) async fn establish(
         None
     };
     if let Some((frame, err)) = refusal {
+        tracing::debug!(peer = %addr, ?direction, "refusing: {err}");
         linger_close(&mut writer, &mut reader, Some(frame)).await;
         return Err(err);
     }

@@ -1,0 +1,271 @@
+//! Nodes on [::1] in one process: seed→fetch at boundary sizes, hostile and
+//! malformed peers, connection limits, and the handshake rules.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use pex::connection::{FrameReader, FrameWriter};
+use pex::manifest::{FileInfo, PIECE_SIZE};
+use pex::wire::{Frame, Hello, RejectCode};
+use pex::{Config, FetchError, Hash, NodeId};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+const MIB: usize = PIECE_SIZE as usize;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_then_fetch_is_byte_exact_at_boundary_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let seeder = node_in(&dir.path().join("s"), test_config()).await;
+    let fetcher = node_in(&dir.path().join("f"), test_config()).await;
+    let addr = seeder.local_addr().unwrap();
+    for (i, size) in [0, 1, MIB - 1, MIB, MIB + 1, 5 * MIB + 7].into_iter().enumerate() {
+        let bytes = data(size, i as u64);
+        let src = dir.path().join(format!("src-{size}"));
+        std::fs::write(&src, &bytes).unwrap();
+        let info = seeder.seed(&src, |_| {}).await.unwrap();
+        let out = dir.path().join(format!("out-{size}"));
+        let outcome = fetch(&fetcher, info.root, vec![addr], out.clone()).await.unwrap();
+        assert_eq!(outcome.file_bytes, size as u64);
+        assert_eq!(std::fs::read(&out).unwrap(), bytes, "size {size}");
+        assert!(!pex::fetch::part_path(&out).exists(), "no .part left behind");
+    }
+    let stats = fetcher.stats();
+    assert_eq!(stats.pieces_rejected, 0);
+    assert!(stats.downloaded_bytes >= (7 * MIB) as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_pieces_are_one_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = vec![0u8; 3 * MIB + 5];
+    let (_seeder, info, addr) = seeder(dir.path(), "zeros", &bytes, test_config()).await;
+    assert_eq!(info.pieces[0], info.pieces[2]);
+    let fetcher = node_in(&dir.path().join("f"), test_config()).await;
+    let out = dir.path().join("zeros.out");
+    fetch(&fetcher, info.root, vec![addr], out.clone()).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    // Three identical full pieces travel once, plus the short last piece.
+    assert_eq!(fetcher.stats().downloaded_bytes, (MIB + 5) as u64 + info.manifest_blob.len() as u64 + 32 * 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_output_is_never_overwritten_and_unknown_roots_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_seeder, info, addr) = seeder(dir.path(), "f", &data(1000, 1), test_config()).await;
+    let fetcher = node_in(&dir.path().join("f-data"), test_config()).await;
+    let out = dir.path().join("taken");
+    std::fs::write(&out, b"precious").unwrap();
+    let err = fetch(&fetcher, info.root, vec![addr], out.clone()).await.unwrap_err();
+    assert!(matches!(err, FetchError::OutputExists(_)), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+    let err = fetch(&fetcher, Hash::of(b"nobody has this"), vec![addr], dir.path().join("x")).await.unwrap_err();
+    assert!(matches!(err, FetchError::NotFound(_)), "{err}");
+}
+
+/// A peer that serves the right manifest and lists but corrupt pieces, and
+/// reports the REJECT code it is finally sent.
+async fn corrupting_peer(info: Arc<FileInfo>) -> (SocketAddr, tokio::task::JoinHandle<Option<u8>>) {
+    let listener = TcpListener::bind("[::1]:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (r, w) = stream.into_split();
+        let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w));
+        let hello = Frame::Hello(Hello { node_id: NodeId::random(), listen_port: addr.port() });
+        writer.write_frame(&hello, None).await.unwrap();
+        writer.write_frame(&Frame::Peers(vec![]), None).await.unwrap();
+        while let Ok(Some(frame)) = reader.read_frame().await {
+            let reply = match frame {
+                Frame::Ask(h) if h == info.root => Frame::Give { hash: h, data: info.manifest_blob.clone() },
+                Frame::Ask(h) if info.manifest.lists.contains(&h) => {
+                    Frame::Give { hash: h, data: info.lists[0].clone() }
+                }
+                Frame::Ask(h) => Frame::Give { hash: h, data: Bytes::from(vec![0xEE; MIB]) },
+                Frame::Bitfield { root, .. } => {
+                    let n = info.pieces.len();
+                    let mut bits = vec![0xFFu8; n.div_ceil(8)];
+                    if n % 8 != 0 {
+                        *bits.last_mut().unwrap() = 0xFF << (8 - n % 8);
+                    }
+                    Frame::Bitfield { root, bits: bits.into() }
+                }
+                Frame::Reject { code, .. } => return Some(code),
+                _ => continue,
+            };
+            if writer.write_frame(&reply, None).await.is_err() {
+                break;
+            }
+        }
+        None
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupting_peer_is_banned_and_the_fetch_completes_from_an_honest_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(4 * MIB, 9);
+    // The honest seeder is slow, so the liar is certainly asked for pieces.
+    let slow = Config { max_upload_rate: Some(2 << 20), ..test_config() };
+    let (_seeder, info, honest) = seeder(dir.path(), "f", &bytes, slow).await;
+    let (liar, liar_task) = corrupting_peer(info.clone()).await;
+    let fetcher = node_in(&dir.path().join("f-data"), test_config()).await;
+    let out = dir.path().join("out");
+    fetch(&fetcher, info.root, vec![liar, honest], out.clone()).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    assert!(fetcher.stats().pieces_rejected >= 1);
+    let code = tokio::time::timeout(PATIENCE, liar_task).await.unwrap().unwrap();
+    assert_eq!(code, Some(RejectCode::Misbehaving as u8));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_client_handshakes_pipelines_and_gets_dont_have() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(9 * MIB + 3, 4);
+    let (_seeder, info, addr) = seeder(dir.path(), "f", &bytes, test_config()).await;
+    let (mut raw, hello) = Raw::handshake(addr).await;
+    assert_eq!(hello.listen_port, addr.port());
+    // PEERS comes right after HELLO.
+    assert!(matches!(raw.next_any().await, Some(Frame::Peers(_))));
+    raw.send(&Frame::Ask(info.root)).await;
+    let Some(Frame::Give { hash, data: manifest }) = raw.next().await else { panic!("no manifest") };
+    assert_eq!((hash, &manifest[..]), (info.root, &info.manifest_blob[..]));
+    // Eight pipelined ASKs, plus one for a hash nobody has.
+    let unknown = Hash::of(b"unknown");
+    for h in &info.pieces[..8] {
+        raw.send(&Frame::Ask(*h)).await;
+    }
+    raw.send(&Frame::Ask(unknown)).await;
+    let (mut gives, mut dont_have) = (0, false);
+    while gives < 8 || !dont_have {
+        match raw.next().await.unwrap() {
+            Frame::Give { hash, data } => {
+                let i = info.pieces.iter().position(|h| *h == hash).unwrap();
+                assert_eq!(&data[..], &bytes[i * MIB..(i + 1) * MIB]);
+                gives += 1;
+            }
+            Frame::DontHave(h) => {
+                assert_eq!(h, unknown);
+                dont_have = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // BITFIELD is answered with the seeder's: all ten pieces.
+    raw.send(&Frame::Bitfield { root: info.root, bits: Bytes::from_static(&[0, 0]) }).await;
+    assert_eq!(raw.next().await, Some(Frame::Bitfield { root: info.root, bits: Bytes::from_static(&[0xFF, 0xC0]) }));
+    // A BITFIELD for a root the node has nothing of gets no answer; the next reply is for the ASK.
+    raw.send(&Frame::Bitfield { root: unknown, bits: Bytes::new() }).await;
+    raw.send(&Frame::Ask(unknown)).await;
+    assert_eq!(raw.next().await, Some(Frame::DontHave(unknown)));
+    // HAVE beyond the file's pieces is a violation.
+    raw.send(&Frame::Have { root: info.root, index: 10 }).await;
+    assert_eq!(raw.expect_reject().await, Some(RejectCode::ProtocolViolation as u8));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_close_only_the_offending_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(2 * MIB, 5);
+    let (seeder, info, addr) = seeder(dir.path(), "f", &bytes, test_config()).await;
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/protocol-vectors.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // A bystander that stays connected throughout.
+    let (mut bystander, _) = Raw::handshake(addr).await;
+    for v in json["vectors"].as_array().unwrap().iter().filter(|v| !v["valid"].as_bool().unwrap()) {
+        let name = v["name"].as_str().unwrap();
+        let bad = hex(v["hex"].as_str().unwrap());
+        // HELLO-shaped violations are sent as the first frame, the rest after a good HELLO.
+        let mut raw = if name.starts_with("hello") {
+            let mut raw = Raw::connect(addr).await;
+            assert!(matches!(raw.next_any().await, Some(Frame::Hello(_))));
+            raw
+        } else {
+            Raw::handshake(addr).await.0
+        };
+        raw.send_bytes(&bad).await;
+        assert_eq!(raw.expect_reject().await, Some(RejectCode::ProtocolViolation as u8), "{name}");
+    }
+    // A frame other than HELLO first is a violation too.
+    let mut raw = Raw::connect(addr).await;
+    raw.send(&Frame::Ask(info.root)).await;
+    assert_eq!(raw.expect_reject().await, Some(RejectCode::ProtocolViolation as u8));
+    // The bystander is still served.
+    bystander.send(&Frame::Ask(info.pieces[1])).await;
+    let Some(Frame::Give { data, .. }) = bystander.next().await else { panic!("bystander lost") };
+    assert_eq!(&data[..], &bytes[MIB..]);
+    assert!(seeder.connected_peers() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_connections_each_get_hello_or_peer_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seeder, _info, addr) = seeder(dir.path(), "f", b"x", test_config()).await;
+    let mut conns = Vec::new();
+    for _ in 0..200 {
+        let mut raw = Raw::connect(addr).await;
+        raw.send(&Frame::Hello(Hello { node_id: NodeId::random(), listen_port: 0 })).await;
+        conns.push(raw);
+    }
+    let (mut hellos, mut limits) = (0, 0);
+    for raw in &mut conns {
+        match raw.next_any().await {
+            Some(Frame::Hello(_)) => hellos += 1,
+            Some(Frame::Reject { code, .. }) if code == RejectCode::PeerLimit as u8 => limits += 1,
+            other => panic!("expected HELLO or REJECT(2), got {other:?}"),
+        }
+    }
+    assert_eq!(hellos, pex::node::DEFAULT_MAX_PEERS);
+    assert_eq!(hellos + limits, 200);
+    drop(conns);
+    // Slots come back once those connections close.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while seeder.connected_peers() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "connections never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_raw, _) = Raw::handshake(addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_ids_self_connections_silence_and_shutdown_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        Config { timeouts: pex::Timeouts { hello: Duration::from_secs(1), ..test_config().timeouts }, ..test_config() };
+    let (seeder, _info, addr) = seeder(dir.path(), "f", b"x", config).await;
+    let id = NodeId::random();
+    let (_first, _) = Raw::handshake_as(addr, id).await;
+    let mut second = Raw::connect(addr).await;
+    second.send(&Frame::Hello(Hello { node_id: id, listen_port: 0 })).await;
+    assert_eq!(second.expect_reject().await, Some(RejectCode::Duplicate as u8));
+    // Claiming the node's own id.
+    let mut mirror = Raw::connect(addr).await;
+    mirror.send(&Frame::Hello(Hello { node_id: seeder.id(), listen_port: 0 })).await;
+    assert_eq!(mirror.expect_reject().await, Some(RejectCode::SelfConnection as u8));
+    // Silence: closed with REJECT(3) once the HELLO time-out passes.
+    let mut silent = Raw::connect(addr).await;
+    assert_eq!(silent.expect_reject().await, Some(RejectCode::ProtocolViolation as u8));
+    // Shutdown tells connected peers.
+    let (mut watcher, _) = Raw::handshake(addr).await;
+    seeder.shutdown().await;
+    assert_eq!(watcher.expect_reject().await, Some(RejectCode::ShuttingDown as u8));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dials_itself_notices_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config { listen: Some("[::]:0".parse().unwrap()), ..test_config() };
+    let node = node_in(dir.path(), config).await;
+    let me: SocketAddr = format!("[::1]:{}", node.local_addr().unwrap().port()).parse().unwrap();
+    node.add_peer(me);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !node.is_self_address(&me) {
+        assert!(tokio::time::Instant::now() < deadline, "self-connection never detected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(node.connected_peers(), 0);
+}
