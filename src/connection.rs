@@ -39,14 +39,27 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The next frame, or `None` when the peer closed cleanly between frames.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        self.read_frame_idle(None).await
+    }
+
+    /// Like [`read_frame`](Self::read_frame), but fails with `TimedOut` when no byte at
+    /// all arrives for `idle`: a slow but moving frame is not cut off.
+    pub async fn read_frame_idle(&mut self, idle: Option<std::time::Duration>) -> Result<Option<Frame>, ReadError> {
         loop {
             if let Some(frame) = wire::decode(&mut self.buf)? {
                 return Ok(Some(frame));
             }
             let want = wire::frame_size(&self.buf)?.unwrap_or(wire::LEN_PREFIX);
             let missing = want.saturating_sub(self.buf.len()).max(1);
-            self.buf.reserve(missing.min(READ_CHUNK).max(8 * 1024));
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
+            self.buf.reserve(missing.clamp(8 * 1024, READ_CHUNK));
+            let read = self.inner.read_buf(&mut self.buf);
+            let n = match idle {
+                Some(idle) => tokio::time::timeout(idle, read)
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer silent"))??,
+                None => read.await?,
+            };
+            if n == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);
                 }

@@ -327,7 +327,7 @@ impl Blobs {
     }
 
     /// Piece-level bits (BITFIELD order) to blob-level bits.
-    fn from_piece_bits(&self, bits: &BitSlice<u8, Msb0>) -> BitVec {
+    fn blob_bits(&self, bits: &BitSlice<u8, Msb0>) -> BitVec {
         let mut out = bitvec![0; self.hashes.len()];
         for i in bits.iter_ones() {
             if let Some(b) = self.blob_of.get(i) {
@@ -464,7 +464,7 @@ impl Download {
     fn release_asks(&mut self) {
         for p in self.peers.values_mut() {
             for h in p.asked.drain() {
-                p.conn.cancel(h);
+                p.conn.cancel(h, &self.tx);
             }
         }
     }
@@ -562,7 +562,7 @@ impl Download {
                 }
                 for peer in self.peers.values_mut() {
                     if peer.asked.remove(&hash) {
-                        peer.conn.cancel(hash);
+                        peer.conn.cancel(hash, &self.tx);
                     }
                 }
                 self.last_progress = Instant::now();
@@ -598,7 +598,7 @@ impl Download {
             p.conn.close(Some(crate::wire::Frame::reject(crate::wire::RejectCode::ProtocolViolation, e)));
             return;
         }
-        let new = blobs.from_piece_bits(BitSlice::<u8, Msb0>::from_slice(bits));
+        let new = blobs.blob_bits(BitSlice::<u8, Msb0>::from_slice(bits));
         if let Some(old) = p.has.take() {
             picker.remove_peer(&old);
         }
@@ -768,7 +768,7 @@ impl Download {
             p.strikes += 1;
             tracing::info!(peer = %p.conn.addr, strikes = p.strikes, "ASKs unanswered for {} s; moving them elsewhere", ask_timeout.as_secs());
             for h in p.asked.drain() {
-                p.conn.cancel(h);
+                p.conn.cancel(h, &self.tx);
                 if let (Some(blobs), Some(picker)) = (&self.blobs, &mut self.picker) {
                     if let Some(b) = blobs.by_hash.get(&h) {
                         picker.unrequested(*b as usize);

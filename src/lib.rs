@@ -10,6 +10,7 @@
 //! choice), and [`store`]/[`datadir`] for pieces on disk and persistent records.
 
 #![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod connection;
 pub mod datadir;

@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_QUEUED_ASKS: usize = 256;
 /// GIVEs nobody asked for that a connection may send before it is closed.
 pub const MAX_UNSOLICITED: u32 = 1024;
+/// Roots one connection may declare interest in (by BITFIELD).
+pub const MAX_INTEREST: usize = 1024;
 /// How long a closing connection waits to deliver its REJECT and drain.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -102,7 +104,9 @@ pub struct PeerConn {
     /// Bytes exchanged with this node id, across its connections.
     pub stats: Arc<PeerStats>,
     ctrl: mpsc::UnboundedSender<Frame>,
-    asks: Mutex<HashMap<Hash, mpsc::UnboundedSender<DownloadEvent>>>,
+    asks: Mutex<HashMap<Hash, Vec<mpsc::UnboundedSender<DownloadEvent>>>>,
+    /// Hashes recently CANCELled or given up on: their late GIVEs are not held against the peer.
+    withdrawn: Mutex<VecDeque<Hash>>,
     interest: Mutex<HashSet<Hash>>,
     bitfield_sent: Mutex<HashSet<Hash>>,
     close: CancellationToken,
@@ -131,22 +135,54 @@ impl PeerConn {
         self.ctrl.send(frame).is_ok()
     }
 
-    /// Sends an ASK whose answer is routed to `route`.
+    /// Sends an ASK whose answer is routed to `route` (several downloads may
+    /// wait on one hash; the peer is asked once).
     pub fn ask(&self, hash: Hash, route: mpsc::UnboundedSender<DownloadEvent>) {
-        lock(&self.asks).insert(hash, route);
-        self.send(Frame::Ask(hash));
+        let first = {
+            let mut asks = lock(&self.asks);
+            let routes = asks.entry(hash).or_default();
+            routes.retain(|r| !r.same_channel(&route));
+            routes.push(route);
+            routes.len() == 1
+        };
+        if first {
+            self.send(Frame::Ask(hash));
+        }
     }
 
-    /// Withdraws an ASK.
-    pub fn cancel(&self, hash: Hash) {
-        if lock(&self.asks).remove(&hash).is_some() {
+    /// Withdraws `route`'s ASK for `hash`; the peer gets CANCEL once nobody waits on it.
+    pub fn cancel(&self, hash: Hash, route: &mpsc::UnboundedSender<DownloadEvent>) {
+        let last = {
+            let mut asks = lock(&self.asks);
+            match asks.get_mut(&hash) {
+                Some(routes) => {
+                    routes.retain(|r| !r.same_channel(route));
+                    routes.is_empty() && asks.remove(&hash).is_some()
+                }
+                None => false,
+            }
+        };
+        if last {
+            let mut w = lock(&self.withdrawn);
+            if w.len() >= MAX_UNSOLICITED as usize {
+                w.pop_front();
+            }
+            w.push_back(hash);
+            drop(w);
             self.send(Frame::Cancel(hash));
         }
     }
 
-    /// Forgets an ASK without telling the peer (its answer will be ignored).
-    pub fn forget(&self, hash: &Hash) {
-        lock(&self.asks).remove(hash);
+    /// True (once) if `hash` was recently withdrawn, so a late answer is expected.
+    fn was_withdrawn(&self, hash: &Hash) -> bool {
+        let mut w = lock(&self.withdrawn);
+        match w.iter().position(|h| h == hash) {
+            Some(i) => {
+                w.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Closes the connection, sending `frame` (a REJECT) first if given.
@@ -169,7 +205,10 @@ impl PeerConn {
     }
 
     pub(crate) fn note_interest(&self, root: Hash) {
-        lock(&self.interest).insert(root);
+        let mut interest = lock(&self.interest);
+        if interest.len() < MAX_INTEREST {
+            interest.insert(root);
+        }
     }
 
     /// Sends our BITFIELD for `root` unless one was sent already.
@@ -304,6 +343,7 @@ pub(crate) async fn establish(
         stats,
         ctrl,
         asks: Mutex::new(HashMap::new()),
+        withdrawn: Mutex::new(VecDeque::new()),
         interest: Mutex::new(HashSet::new()),
         bitfield_sent: Mutex::new(HashSet::new()),
         close: shared.shutdown.child_token(),
@@ -405,11 +445,10 @@ async fn read_loop(
     loop {
         let frame = tokio::select! {
             _ = conn.close.cancelled() => return Ok(()),
-            r = timeout(idle, reader.read_frame()) => match r {
-                Err(_) => return Err(PeerError::Timeout("peer silent")),
-                Ok(Ok(Some(f))) => f,
-                Ok(Ok(None)) => return Ok(()),
-                Ok(Err(e)) => return Err(e.into()),
+            r = reader.read_frame_idle(Some(idle)) => match r {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e.into()),
             }
         };
         match frame {
@@ -431,11 +470,14 @@ async fn read_loop(
             Frame::Give { hash, data } => {
                 conn.stats.add_downloaded(data.len() as u64);
                 shared.add_downloaded(data.len() as u64);
-                let route = lock(&conn.asks).remove(&hash);
-                match route {
-                    Some(tx) => {
-                        let _ = tx.send(DownloadEvent::Give { conn: conn.conn_id, hash, data });
+                let routes = lock(&conn.asks).remove(&hash);
+                match routes {
+                    Some(routes) => {
+                        for tx in routes {
+                            let _ = tx.send(DownloadEvent::Give { conn: conn.conn_id, hash, data: data.clone() });
+                        }
                     }
+                    None if conn.was_withdrawn(&hash) => {}
                     None => {
                         if conn.unsolicited.fetch_add(1, Ordering::Relaxed) >= MAX_UNSOLICITED {
                             return Err(PeerError::Misbehaving("too many GIVEs nobody asked for".into()));
@@ -444,7 +486,7 @@ async fn read_loop(
                 }
             }
             Frame::DontHave(hash) => {
-                if let Some(tx) = lock(&conn.asks).remove(&hash) {
+                for tx in lock(&conn.asks).remove(&hash).unwrap_or_default() {
                     let _ = tx.send(DownloadEvent::DontHave { conn: conn.conn_id, hash });
                 }
             }

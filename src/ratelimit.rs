@@ -63,7 +63,7 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
         u => return Err(format!("invalid rate unit {u:?} in {text:?}: use B, KB, KiB, MB, MiB, GB or GiB")),
     };
     let bytes = value * mult;
-    if !(bytes >= 1.0 && bytes < 1e15) {
+    if !(1.0..1e15).contains(&bytes) {
         return Err(format!("invalid rate {text:?}: must be at least 1 byte per second"));
     }
     Ok(bytes as u64)

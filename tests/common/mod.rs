@@ -115,10 +115,7 @@ impl Raw {
 
     /// Next frame of any kind, or None on close.
     pub async fn next_any(&mut self) -> Option<Frame> {
-        match tokio::time::timeout(PATIENCE, self.reader.read_frame()).await.expect("no frame in time") {
-            Ok(f) => f,
-            Err(_) => None,
-        }
+        tokio::time::timeout(PATIENCE, self.reader.read_frame()).await.expect("no frame in time").unwrap_or_default()
     }
 
     /// Reads until the node closes; returns the REJECT code seen, if any.

@@ -1,0 +1,175 @@
+//! The `pex` binary end to end: separate seeder and fetcher processes on [::1].
+
+mod common;
+
+use assert_cmd::Command as Cmd;
+use common::{data, PATIENCE};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+const PEX: &str = env!("CARGO_BIN_EXE_pex");
+
+/// A running `pex seed`, with its root and the address it serves on.
+struct Seeder {
+    child: Child,
+    root: String,
+    peer: String,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Seeder {
+    fn start(file: &Path, data_dir: &Path, extra: &[&str]) -> Seeder {
+        let mut child = Command::new(PEX)
+            .args(["seed", file.to_str().unwrap(), "--listen", "[::1]:0", "--data-dir", data_dir.to_str().unwrap()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // With --json, stdout is kept for the final summary and the root goes to stderr.
+        let json = extra.contains(&"--json");
+        let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        let (etx, elines) = mpsc::channel();
+        forward(stdout, tx);
+        forward(stderr, etx);
+        let announce = if json { &elines } else { &lines };
+        let root = announce.recv_timeout(PATIENCE).expect("seeder printed no root");
+        let hint = announce.recv_timeout(PATIENCE).expect("seeder printed no fetch command");
+        // "pex fetch <root> --peer [::1]:PORT"
+        let peer = hint.rsplit(' ').next().unwrap().to_owned();
+        assert_eq!(hint, format!("pex fetch {root} --peer {peer}"));
+        Seeder { child, root, peer, lines }
+    }
+
+    /// Ctrl-C: the seeder must exit 0; returns the rest of its stdout.
+    fn interrupt(mut self) -> Vec<String> {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "seeder exited with {status}");
+        // The reader thread may still be forwarding the last lines after exit.
+        let mut rest = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(std::time::Duration::from_secs(5)) {
+            rest.push(line);
+        }
+        rest
+    }
+}
+
+fn forward(stream: impl std::io::Read + Send + 'static, tx: mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+fn fetch(root: &str, peer: &str, out: &Path, data_dir: &Path) -> std::process::Output {
+    Command::new(PEX)
+        .args(["fetch", root, "--peer", peer, "-o", out.to_str().unwrap(), "--data-dir", data_dir.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn seed_and_fetch_as_separate_processes_at_boundary_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mib = 1 << 20;
+    for (i, size) in [0, 1, mib - 1, mib, mib + 1, 32 * mib + 123].into_iter().enumerate() {
+        let src = dir.path().join(format!("src{i}.bin"));
+        let bytes = data(size, i as u64);
+        std::fs::write(&src, &bytes).unwrap();
+        let seeder = Seeder::start(&src, &dir.path().join(format!("seed{i}")), &[]);
+        let out = dir.path().join(format!("out{i}.bin"));
+        let result = fetch(&seeder.root, &seeder.peer, &out, &dir.path().join(format!("fetch{i}")));
+        assert!(result.status.success(), "size {size}: {}", String::from_utf8_lossy(&result.stderr));
+        let printed = String::from_utf8(result.stdout).unwrap();
+        assert_eq!(Path::new(printed.trim()), std::path::absolute(&out).unwrap());
+        assert!(std::fs::read(&out).unwrap() == bytes, "size {size}: copy differs");
+        // `pex hash` of the source prints exactly the root the seeder announced.
+        let hashed = Cmd::new(PEX).args(["hash", src.to_str().unwrap()]).output().unwrap();
+        assert_eq!(String::from_utf8(hashed.stdout).unwrap(), format!("{}\n", seeder.root));
+        seeder.interrupt();
+    }
+}
+
+#[test]
+fn json_summary_reports_the_transfer_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("f.bin");
+    let bytes = data(3 << 20, 7);
+    std::fs::write(&src, &bytes).unwrap();
+    let seeder = Seeder::start(&src, &dir.path().join("s"), &["--json"]);
+    let out = dir.path().join("copy.bin");
+    let result = Command::new(PEX)
+        .args(["fetch", &seeder.root, "--peer", &seeder.peer, "-o", out.to_str().unwrap(), "--json"])
+        .args(["--data-dir", dir.path().join("f").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&result.stdout).expect("fetch --json prints one JSON object");
+    assert_eq!(summary["root"], seeder.root.as_str());
+    assert_eq!(summary["file_bytes"], bytes.len() as u64);
+    assert!(summary["downloaded_bytes"].as_u64().unwrap() >= bytes.len() as u64);
+    assert_eq!(summary["pieces_rejected"], 0);
+    assert!(summary["seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(summary["peers"].as_array().unwrap().len(), 1);
+    let rest = seeder.interrupt();
+    let seeded: serde_json::Value = serde_json::from_str(rest.last().expect("seed --json prints a summary")).unwrap();
+    assert!(seeded["uploaded_bytes"].as_u64().unwrap() >= bytes.len() as u64);
+    assert_eq!(seeded["peers"][0]["downloaded_bytes"], 0);
+    assert!(seeded["peers"][0]["uploaded_bytes"].as_u64().unwrap() >= bytes.len() as u64);
+}
+
+/// Runs pex expecting failure; returns its single stderr line.
+fn fails(args: &[&str]) -> String {
+    let out = Cmd::new(PEX).args(args).timeout(PATIENCE).output().unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let err = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got {err:?}");
+    lines[0].to_owned()
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_a_failing_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let dd = dir.path().join("d");
+    let dd = dd.to_str().unwrap();
+    let root = "ab".repeat(32);
+    assert!(fails(&["fetch", "xyz", "--peer", "[::1]:1", "--data-dir", dd]).contains("invalid hash"));
+    let e = fails(&["fetch", &root, "--peer", "[::1]:1", "--connect-timeout", "1", "--data-dir", dd]);
+    assert!(e.contains("cannot reach") && e.contains("[::1]:1"), "{e}");
+    assert!(fails(&["hash", dir.path().join("missing").to_str().unwrap()]).contains("missing"));
+    assert!(fails(&["seed", dir.path().to_str().unwrap(), "--listen", "[::1]:0", "--data-dir", dd]).contains("not a regular file"));
+
+    let src = dir.path().join("f.bin");
+    std::fs::write(&src, data(1000, 1)).unwrap();
+    let seeder = Seeder::start(&src, &dir.path().join("s"), &[]);
+    let taken = dir.path().join("taken");
+    std::fs::write(&taken, b"keep me").unwrap();
+    let e = fails(&["fetch", &seeder.root, "--peer", &seeder.peer, "-o", taken.to_str().unwrap(), "--data-dir", dd]);
+    assert!(e.contains("already exists"), "{e}");
+    assert_eq!(std::fs::read(&taken).unwrap(), b"keep me");
+    let e = fails(&["fetch", &root, "--peer", &seeder.peer, "-o", dir.path().join("n").to_str().unwrap(), "--data-dir", dd]);
+    assert!(e.contains("no peer holds"), "{e}");
+    seeder.interrupt();
+}
+
+#[test]
+fn help_and_version_work() {
+    let help = Cmd::new(PEX).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8(help.stdout).unwrap();
+    for cmd in ["seed", "fetch", "hash", "serve"] {
+        assert!(text.contains(cmd), "--help lists {cmd}");
+    }
+    let version = Cmd::new(PEX).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8(version.stdout).unwrap(), format!("pex {}\n", env!("CARGO_PKG_VERSION")));
+}
