@@ -113,7 +113,8 @@ fn json_summary_reports_the_transfer_on_both_sides() {
         .output()
         .unwrap();
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
-    let summary: serde_json::Value = serde_json::from_slice(&result.stdout).expect("fetch --json prints one JSON object");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&result.stdout).expect("fetch --json prints one JSON object");
     assert_eq!(summary["root"], seeder.root.as_str());
     assert_eq!(summary["file_bytes"], bytes.len() as u64);
     assert!(summary["downloaded_bytes"].as_u64().unwrap() >= bytes.len() as u64);
@@ -147,7 +148,8 @@ fn bad_input_gets_one_clear_line_and_a_failing_exit() {
     let e = fails(&["fetch", &root, "--peer", "[::1]:1", "--connect-timeout", "1", "--data-dir", dd]);
     assert!(e.contains("cannot reach") && e.contains("[::1]:1"), "{e}");
     assert!(fails(&["hash", dir.path().join("missing").to_str().unwrap()]).contains("missing"));
-    assert!(fails(&["seed", dir.path().to_str().unwrap(), "--listen", "[::1]:0", "--data-dir", dd]).contains("not a regular file"));
+    assert!(fails(&["seed", dir.path().to_str().unwrap(), "--listen", "[::1]:0", "--data-dir", dd])
+        .contains("not a regular file"));
 
     let src = dir.path().join("f.bin");
     std::fs::write(&src, data(1000, 1)).unwrap();
@@ -157,7 +159,16 @@ fn bad_input_gets_one_clear_line_and_a_failing_exit() {
     let e = fails(&["fetch", &seeder.root, "--peer", &seeder.peer, "-o", taken.to_str().unwrap(), "--data-dir", dd]);
     assert!(e.contains("already exists"), "{e}");
     assert_eq!(std::fs::read(&taken).unwrap(), b"keep me");
-    let e = fails(&["fetch", &root, "--peer", &seeder.peer, "-o", dir.path().join("n").to_str().unwrap(), "--data-dir", dd]);
+    let e = fails(&[
+        "fetch",
+        &root,
+        "--peer",
+        &seeder.peer,
+        "-o",
+        dir.path().join("n").to_str().unwrap(),
+        "--data-dir",
+        dd,
+    ]);
     assert!(e.contains("no peer holds"), "{e}");
     seeder.interrupt();
 }
