@@ -97,6 +97,40 @@ struct NodeArgs {
     /// Print one JSON summary on stdout when the command ends.
     #[arg(long)]
     json: bool,
+    /// Seconds a new connection has to send HELLO.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, help_heading = "Timing")]
+    hello_timeout: f64,
+    /// Seconds of silence before a keep-alive is sent.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, help_heading = "Timing")]
+    keepalive: f64,
+    /// Seconds of silence after which a peer is dropped.
+    #[arg(long, value_name = "SECS", default_value_t = 120.0, help_heading = "Timing")]
+    idle_timeout: f64,
+    /// Seconds an ASK may go unanswered before it moves to another peer.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, help_heading = "Timing")]
+    ask_timeout: f64,
+    /// Seconds between PEERS updates.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, help_heading = "Timing")]
+    peers_interval: f64,
+}
+
+impl NodeArgs {
+    fn timeouts(&self) -> Result<pex::Timeouts> {
+        let secs = |name: &str, v: f64| -> Result<Duration> {
+            Duration::try_from_secs_f64(v)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| anyhow!("--{name} must be a positive number of seconds, got {v}"))
+        };
+        Ok(pex::Timeouts {
+            hello: secs("hello-timeout", self.hello_timeout)?,
+            keepalive: secs("keepalive", self.keepalive)?,
+            idle: secs("idle-timeout", self.idle_timeout)?,
+            ask: secs("ask-timeout", self.ask_timeout)?,
+            peers_interval: secs("peers-interval", self.peers_interval)?,
+            ..pex::Timeouts::default()
+        })
+    }
 }
 
 fn parse_rate(s: &str) -> Result<u64, String> {
@@ -207,7 +241,7 @@ async fn start_node(
         max_peers: args.max_peers.max(1),
         pex: !args.no_pex,
         max_upload_rate: args.max_upload_rate,
-        ..Config::default()
+        timeouts: args.timeouts()?,
     };
     let node = Node::start(config, Some(data_dir), token).await?;
     for p in &peers {
