@@ -34,7 +34,9 @@ const MAX_DEPTH: usize = 32;
 /// Each peer gets enough ASKs to cover this much transfer at its measured rate.
 const QUEUE_TIME: f64 = 0.1;
 /// How long to wait for more peers once every connected one lacks the file.
-const NOT_FOUND_GRACE: Duration = Duration::from_secs(2);
+const NOT_FOUND_GRACE: Duration = Duration::from_secs(3);
+/// A peer that answered DONT_HAVE for the root is asked again after this.
+const REASK_ROOT: Duration = Duration::from_millis(500);
 /// Strikes (time-outs) after which a peer is dropped.
 const MAX_STRIKES: u32 = 2;
 /// Scheduling tick: time-outs and progress are checked this often.
@@ -428,6 +430,12 @@ impl Download {
             DownloadEvent::Give { conn, hash, data } => self.on_give(conn, hash, data)?,
             DownloadEvent::DontHave { conn, hash } => self.on_dont_have(conn, hash),
             DownloadEvent::Bitfield { conn, bits } => {
+                if let Some(p) = self.peers.get_mut(&conn) {
+                    // It holds some of the file, so it has the manifest too.
+                    if bits.iter().any(|b| *b != 0) {
+                        p.lacks_root = false;
+                    }
+                }
                 if self.blobs.is_some() {
                     self.apply_bitfield(conn, &bits);
                 } else {
@@ -435,6 +443,9 @@ impl Download {
                 }
             }
             DownloadEvent::Have { conn, index } => {
+                if let Some(p) = self.peers.get_mut(&conn) {
+                    p.lacks_root = false;
+                }
                 if self.blobs.is_some() {
                     self.apply_have(conn, index);
                 } else {
@@ -716,6 +727,10 @@ impl Download {
         let now = Instant::now();
         if self.manifest.is_none() {
             for p in self.peers.values_mut() {
+                // A peer that lacked the root may be fetching it itself: ask again now and then.
+                if p.lacks_root && now.duration_since(p.last_answer) >= REASK_ROOT {
+                    p.lacks_root = false;
+                }
                 if !p.lacks_root && !p.asked.contains(&self.root) {
                     ask(p, self.root, &self.tx, now);
                 }

@@ -632,6 +632,18 @@ impl Shared {
         self.wake_connector.notify_one();
     }
 
+    /// Tells every connection but `except` about a newly verified address.
+    pub(crate) fn announce(&self, addr: SocketAddr, except: u64) {
+        if !self.config.pex {
+            return;
+        }
+        for conn in self.connections() {
+            if conn.conn_id != except && conn.listen_addr != Some(addr) {
+                conn.send(Frame::Peers(vec![addr]));
+            }
+        }
+    }
+
     pub(crate) fn on_peers(&self, _conn: &PeerConn, addrs: Vec<SocketAddr>) {
         if self.config.pex {
             for a in addrs {

@@ -329,9 +329,7 @@ pub(crate) async fn establish(
         linger_close(&mut writer, &mut reader, Some(frame)).await;
         return Err(err);
     }
-    if direction == Direction::Outbound {
-        shared.table().verified(addr, hello.node_id);
-    }
+    let newly_verified = direction == Direction::Outbound && shared.table().verified(addr, hello.node_id);
     let listen_addr = (hello.listen_port != 0).then(|| SocketAddr::new(addr.ip(), hello.listen_port));
     let (ctrl, ctrl_rx) = mpsc::unbounded_channel();
     let conn = shared.register(hello.node_id, listen_addr.unwrap_or(addr), |conn_id, stats| PeerConn {
@@ -352,11 +350,18 @@ pub(crate) async fn establish(
         peers_sent: Mutex::new(None),
     });
     let Some(conn) = conn else {
+        if newly_verified {
+            shared.announce(addr, 0);
+        }
         let frame = Frame::reject(RejectCode::Duplicate, "already connected");
         linger_close(&mut writer, &mut reader, Some(frame)).await;
         return Err(PeerError::Duplicate(hello.node_id));
     };
-    tracing::debug!(peer = %addr, id = %hello.node_id.short(), ?direction, "peer joined");
+    if newly_verified {
+        // Immediate peer discovery: everyone connected learns the new address now, not in 60 s.
+        shared.announce(addr, conn.conn_id);
+    }
+    tracing::info!(peer = %addr, id = %hello.node_id.short(), ?direction, "peer joined");
     if direction == Direction::Inbound && shared.config.pex {
         if let Some(l) = listen_addr {
             // Learn where it listens; a dial there verifies the address before we share it.
@@ -432,7 +437,7 @@ async fn run(
         linger_close(&mut writer, &mut reader, last).await;
     }
     shared.peer_left(&conn);
-    tracing::debug!(peer = %conn.addr, id = %conn.node_id.short(), "peer left");
+    tracing::info!(peer = %conn.addr, id = %conn.node_id.short(), "peer left");
 }
 
 async fn read_loop(

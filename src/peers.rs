@@ -89,15 +89,19 @@ impl PeerTable {
     }
 
     /// A HELLO completed with `id` at `addr`, which this node dialled.
-    pub fn verified(&mut self, addr: SocketAddr, id: NodeId) {
+    /// Returns true the first time the address is verified (worth telling peers at once).
+    pub fn verified(&mut self, addr: SocketAddr, id: NodeId) -> bool {
         self.add(addr, false);
-        if let Some(e) = self.entries.get_mut(&addr) {
+        let Some(e) = self.entries.get_mut(&addr) else { return false };
+        let new = !e.verified;
+        {
             e.verified = true;
             e.node_id = Some(id);
             e.failures = 0;
             e.last_error = None;
             e.last_seen = Some(Instant::now());
         }
+        new
     }
 
     /// `addr` answered with our own node id.

@@ -10,6 +10,7 @@ use pex::manifest::{FileInfo, PIECE_SIZE};
 use pex::wire::{Frame, Hello, RejectCode};
 use pex::{Config, FetchError, Hash, NodeId};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -66,43 +67,59 @@ async fn existing_output_is_never_overwritten_and_unknown_roots_fail_clearly() {
     assert!(matches!(err, FetchError::NotFound(_)), "{err}");
 }
 
-/// A peer that serves the right manifest and lists but corrupt pieces, and
-/// reports the REJECT code it is finally sent.
-async fn corrupting_peer(info: Arc<FileInfo>) -> (SocketAddr, tokio::task::JoinHandle<Option<u8>>) {
+/// A peer that serves the right manifest and lists but corrupt pieces, to any
+/// number of connections; reports each REJECT code it is sent.
+async fn corrupting_peer(info: Arc<FileInfo>) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<u8>) {
     let listener = TcpListener::bind("[::1]:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let (r, w) = stream.into_split();
-        let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w));
-        let hello = Frame::Hello(Hello { node_id: NodeId::random(), listen_port: addr.port() });
-        writer.write_frame(&hello, None).await.unwrap();
-        writer.write_frame(&Frame::Peers(vec![]), None).await.unwrap();
-        while let Ok(Some(frame)) = reader.read_frame().await {
-            let reply = match frame {
-                Frame::Ask(h) if h == info.root => Frame::Give { hash: h, data: info.manifest_blob.clone() },
-                Frame::Ask(h) if info.manifest.lists.contains(&h) => {
-                    Frame::Give { hash: h, data: info.lists[0].clone() }
-                }
-                Frame::Ask(h) => Frame::Give { hash: h, data: Bytes::from(vec![0xEE; MIB]) },
-                Frame::Bitfield { root, .. } => {
-                    let n = info.pieces.len();
-                    let mut bits = vec![0xFFu8; n.div_ceil(8)];
-                    if n % 8 != 0 {
-                        *bits.last_mut().unwrap() = 0xFF << (8 - n % 8);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let id = NodeId::random();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let (info, tx) = (info.clone(), tx.clone());
+            tokio::spawn(async move {
+                let (r, w) = stream.into_split();
+                let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w));
+                // Like a real peer, it reads while it writes, so it sees our REJECT.
+                let (out, mut queue) = tokio::sync::mpsc::unbounded_channel::<Frame>();
+                tokio::spawn(async move {
+                    let hello = Frame::Hello(Hello { node_id: id, listen_port: addr.port() });
+                    let _ = writer.write_frame(&hello, None).await;
+                    let _ = writer.write_frame(&Frame::Peers(vec![]), None).await;
+                    while let Some(f) = queue.recv().await {
+                        if writer.write_frame(&f, None).await.is_err() {
+                            return;
+                        }
                     }
-                    Frame::Bitfield { root, bits: bits.into() }
+                });
+                while let Ok(Some(frame)) = reader.read_frame().await {
+                    let reply = match frame {
+                        Frame::Ask(h) if h == info.root => Frame::Give { hash: h, data: info.manifest_blob.clone() },
+                        Frame::Ask(h) if info.manifest.lists.contains(&h) => {
+                            Frame::Give { hash: h, data: info.lists[0].clone() }
+                        }
+                        Frame::Ask(h) => Frame::Give { hash: h, data: Bytes::from(vec![0xEE; MIB]) },
+                        Frame::Bitfield { root, .. } => {
+                            let n = info.pieces.len();
+                            let mut bits = vec![0xFFu8; n.div_ceil(8)];
+                            if n % 8 != 0 {
+                                *bits.last_mut().unwrap() = 0xFF << (8 - n % 8);
+                            }
+                            Frame::Bitfield { root, bits: bits.into() }
+                        }
+                        Frame::Reject { code, .. } => {
+                            let _ = tx.send(code);
+                            return;
+                        }
+                        _ => continue,
+                    };
+                    let _ = out.send(reply);
                 }
-                Frame::Reject { code, .. } => return Some(code),
-                _ => continue,
-            };
-            if writer.write_frame(&reply, None).await.is_err() {
-                break;
-            }
+            });
         }
-        None
     });
-    (addr, task)
+    (addr, rx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,13 +129,13 @@ async fn a_corrupting_peer_is_banned_and_the_fetch_completes_from_an_honest_one(
     // The honest seeder is slow, so the liar is certainly asked for pieces.
     let slow = Config { max_upload_rate: Some(2 << 20), ..test_config() };
     let (_seeder, info, honest) = seeder(dir.path(), "f", &bytes, slow).await;
-    let (liar, liar_task) = corrupting_peer(info.clone()).await;
+    let (liar, mut rejects) = corrupting_peer(info.clone()).await;
     let fetcher = node_in(&dir.path().join("f-data"), test_config()).await;
     let out = dir.path().join("out");
     fetch(&fetcher, info.root, vec![liar, honest], out.clone()).await.unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
     assert!(fetcher.stats().pieces_rejected >= 1);
-    let code = tokio::time::timeout(PATIENCE, liar_task).await.unwrap().unwrap();
+    let code = tokio::time::timeout(PATIENCE, rejects.recv()).await.unwrap();
     assert_eq!(code, Some(RejectCode::Misbehaving as u8));
 }
 
@@ -268,4 +285,96 @@ async fn a_node_that_dials_itself_notices_and_stops() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(node.connected_peers(), 0);
+}
+
+/// Waits for all fetches; each fetcher writes `out-<i>`.
+async fn fetch_all(
+    nodes: &[pex::Node],
+    root: Hash,
+    peers: Vec<Vec<SocketAddr>>,
+    dir: &std::path::Path,
+) -> Vec<PathBuf> {
+    let mut tasks = Vec::new();
+    for (i, (node, peers)) in nodes.iter().zip(peers).enumerate() {
+        let (node, out) = (node.clone(), dir.join(format!("out-{i}")));
+        tasks.push(tokio::spawn(async move {
+            fetch(&node, root, peers, out.clone()).await.unwrap_or_else(|e| panic!("fetcher {i}: {e}"));
+            out
+        }));
+    }
+    let mut outs = Vec::new();
+    for t in tasks {
+        outs.push(t.await.unwrap());
+    }
+    outs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_fetchers_finds_the_seeder_by_peer_exchange_and_trades_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(24 * MIB, 11);
+    // A slow seeder: the fetchers can only finish in reasonable time by trading.
+    let (seeder, info, addr) =
+        seeder(dir.path(), "f", &bytes, Config { max_upload_rate: Some(16 << 20), ..test_config() }).await;
+    let mut fetchers = Vec::new();
+    for i in 0..4 {
+        fetchers.push(node_in(&dir.path().join(format!("n{i}")), test_config()).await);
+    }
+    // Fetcher k knows only fetcher k-1; the first knows the seeder.
+    let mut peers = vec![vec![addr]];
+    for f in &fetchers[..3] {
+        peers.push(vec![f.local_addr().unwrap()]);
+    }
+    for out in fetch_all(&fetchers, info.root, peers, dir.path()).await {
+        assert!(std::fs::read(&out).unwrap() == bytes, "{} differs", out.display());
+    }
+    let uploaded = seeder.stats().uploaded_bytes;
+    // Four separate copies would be 96 MiB from the seeder.
+    assert!(uploaded < 3 * bytes.len() as u64, "seeder uploaded {uploaded} bytes: fetchers did not trade");
+    let traded: u64 = fetchers.iter().map(|f| f.stats().uploaded_bytes).sum();
+    assert!(traded > 0, "fetchers served each other nothing");
+    // The last fetcher met the seeder through peer exchange.
+    assert!(fetchers[3].stats().peers.iter().any(|p| p.node_id == seeder.id().to_hex()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeder_that_disappears_mid_transfer_costs_only_its_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(8 * MIB, 12);
+    let slow = || Config { max_upload_rate: Some(4 << 20), ..test_config() };
+    std::fs::create_dir_all(dir.path().join("a")).unwrap();
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    let (first, info, a) = seeder(&dir.path().join("a"), "f", &bytes, slow()).await;
+    let (_second, info2, b) = seeder(&dir.path().join("b"), "f", &bytes, slow()).await;
+    assert_eq!(info.root, info2.root);
+    let fetcher = node_in(&dir.path().join("f"), test_config()).await;
+    let (tx, mut rx) = tokio::sync::watch::channel(pex::Progress::default());
+    let opts = pex::FetchOptions { output: Some(dir.path().join("out")), peers: vec![a, b], ..Default::default() };
+    let f2 = fetcher.clone();
+    let task = tokio::spawn(async move { f2.fetch(info.root, opts, tx).await });
+    // Once some data has arrived, the first seeder goes away.
+    tokio::time::timeout(PATIENCE, rx.wait_for(|p| p.have_bytes >= 2 * MIB as u64)).await.unwrap().unwrap();
+    first.shutdown().await;
+    let outcome = tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap().unwrap();
+    assert!(std::fs::read(&outcome.path).unwrap() == bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_liar_in_the_swarm_is_banned_by_every_fetcher_that_meets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(6 * MIB, 13);
+    let (_seeder, info, honest) =
+        seeder(dir.path(), "f", &bytes, Config { max_upload_rate: Some(4 << 20), ..test_config() }).await;
+    let (liar, mut rejects) = corrupting_peer(info.clone()).await;
+    let fetchers =
+        [node_in(&dir.path().join("x"), test_config()).await, node_in(&dir.path().join("y"), test_config()).await];
+    let outs = fetch_all(&fetchers, info.root, vec![vec![liar, honest], vec![liar, honest]], dir.path()).await;
+    for (f, out) in fetchers.iter().zip(outs) {
+        assert!(std::fs::read(&out).unwrap() == bytes);
+        assert!(f.stats().pieces_rejected >= 1);
+    }
+    for _ in 0..2 {
+        let code = tokio::time::timeout(PATIENCE, rejects.recv()).await.unwrap();
+        assert_eq!(code, Some(RejectCode::Misbehaving as u8));
+    }
 }
