@@ -5,14 +5,13 @@ use crate::ratelimit::RateLimiter;
 use crate::wire::{self, Frame, FrameError};
 use bytes::BytesMut;
 use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// How much the read buffer grows by at a time while a large frame arrives,
 /// so a peer that announces 1 MiB and stalls costs little memory.
 const READ_CHUNK: usize = 256 * 1024;
-/// GIVE data is written in pieces of this size when the upload is rate limited,
-/// so even a limit far below one piece per second moves bytes steadily.
-const PACED_CHUNK: usize = 16 * 1024;
 
 /// Why reading a frame failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,12 +28,18 @@ pub enum ReadError {
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
+    received: Option<Arc<AtomicU64>>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Wraps a byte stream.
     pub fn new(inner: R) -> Self {
-        FrameReader { inner, buf: BytesMut::with_capacity(64 * 1024) }
+        FrameReader { inner, buf: BytesMut::with_capacity(64 * 1024), received: None }
+    }
+
+    /// Counts every byte received into `counter`, so others can see a slow frame moving.
+    pub fn count_into(&mut self, counter: Arc<AtomicU64>) {
+        self.received = Some(counter);
     }
 
     /// The next frame, or `None` when the peer closed cleanly between frames.
@@ -59,6 +64,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer silent"))??,
                 None => read.await?,
             };
+            if let Some(c) = &self.received {
+                c.fetch_add(n as u64, Ordering::Relaxed);
+            }
             if n == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);
@@ -92,7 +100,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     /// Writes one frame; a GIVE's data goes out from where it lies (one vectored
-    /// write of header and data), paced by `limiter` when there is one.
+    /// write of header and data), paced by `limiter` when there is one: then in
+    /// small chunks, so even a limit far below one piece per second moves bytes steadily.
     pub async fn write_frame(&mut self, frame: &Frame, limiter: Option<&RateLimiter>) -> io::Result<()> {
         self.head.clear();
         let data = frame.encode_head(&mut self.head);
@@ -111,7 +120,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             }
             (Some(data), Some(limiter)) => {
                 self.inner.write_all(&self.head).await?;
-                for chunk in data.chunks(PACED_CHUNK) {
+                for chunk in data.chunks(limiter.chunk()) {
                     limiter.acquire(chunk.len()).await;
                     self.inner.write_all(chunk).await?;
                 }

@@ -258,6 +258,8 @@ struct PeerState {
     /// Last answer (or when the first ASK went out): time-outs count from here.
     last_answer: Instant,
     strikes: u32,
+    /// Bytes seen on the connection at the last tick: a moving frame is progress.
+    seen_bytes: u64,
     lacks_root: bool,
     /// Bytes per second, smoothed.
     rate: f64,
@@ -419,6 +421,7 @@ impl Download {
                         asked: HashSet::new(),
                         last_answer: now,
                         strikes: 0,
+                        seen_bytes: 0,
                         lacks_root: false,
                         rate: 0.0,
                         window_start: now,
@@ -777,6 +780,11 @@ impl Download {
         let ask_timeout = self.shared.config.timeouts.ask;
         let mut dropped = Vec::new();
         for (id, p) in self.peers.iter_mut() {
+            let seen = p.conn.received.load(Ordering::Relaxed);
+            if seen != p.seen_bytes {
+                p.seen_bytes = seen;
+                p.last_answer = now;
+            }
             if p.asked.is_empty() || now.duration_since(p.last_answer) < ask_timeout {
                 continue;
             }

@@ -103,6 +103,8 @@ pub struct PeerConn {
     pub direction: Direction,
     /// Bytes exchanged with this node id, across its connections.
     pub stats: Arc<PeerStats>,
+    /// Every byte received on this connection, frames complete or not.
+    pub received: Arc<std::sync::atomic::AtomicU64>,
     ctrl: mpsc::UnboundedSender<Frame>,
     asks: Mutex<HashMap<Hash, Vec<mpsc::UnboundedSender<DownloadEvent>>>>,
     /// Hashes recently CANCELled or given up on: their late GIVEs are not held against the peer.
@@ -342,6 +344,7 @@ pub(crate) async fn establish(
         ctrl,
         asks: Mutex::new(HashMap::new()),
         withdrawn: Mutex::new(VecDeque::new()),
+        received: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         interest: Mutex::new(HashSet::new()),
         bitfield_sent: Mutex::new(HashSet::new()),
         close: shared.shutdown.child_token(),
@@ -369,6 +372,7 @@ pub(crate) async fn establish(
         }
     }
     shared.send_peers(&conn, None);
+    reader.count_into(conn.received.clone());
     let task_conn = conn.clone();
     let task_shared = shared.clone();
     shared.tasks.spawn(async move {

@@ -21,6 +21,12 @@ impl RateLimiter {
         RateLimiter { rate, burst, state: Mutex::new((burst, Instant::now())) }
     }
 
+    /// How many bytes to send between waits: small enough to keep slow links
+    /// steady, large enough that fast links are not throttled by timer granularity.
+    pub fn chunk(&self) -> usize {
+        ((self.rate / 64.0) as usize).clamp(16 * 1024, 256 * 1024)
+    }
+
     /// Bytes per second allowed.
     pub fn rate(&self) -> u64 {
         self.rate as u64
@@ -32,11 +38,15 @@ impl RateLimiter {
         let mut state = self.state.lock().await;
         let now = Instant::now();
         let (tokens, last) = *state;
-        let mut tokens = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.burst);
+        // `last` may lie in the future while a previous caller's wait is pending.
+        let mut tokens = (tokens + now.saturating_duration_since(last).as_secs_f64() * self.rate).min(self.burst);
         tokens -= n as f64;
         if tokens < 0.0 {
-            tokio::time::sleep(Duration::from_secs_f64(-tokens / self.rate)).await;
-            *state = (0.0, Instant::now());
+            // Anchor the bucket at the planned wake-up, not at the actual one:
+            // timers oversleep, and the extra time is credit for the next caller.
+            let wake = now + Duration::from_secs_f64(-tokens / self.rate);
+            *state = (0.0, wake);
+            tokio::time::sleep_until(wake).await;
         } else {
             *state = (tokens, now);
         }

@@ -378,3 +378,20 @@ async fn a_liar_in_the_swarm_is_banned_by_every_fetcher_that_meets_it() {
         assert_eq!(code, Some(RejectCode::Misbehaving as u8));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_limit_below_one_piece_per_second_still_moves_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(MIB + 1, 14);
+    let (_seeder, info, addr) =
+        seeder(dir.path(), "f", &bytes, Config { max_upload_rate: Some(256 << 10), ..test_config() }).await;
+    // One piece takes 4 s at 256 KiB/s; an ASK time-out of 2 s must not fire while bytes flow.
+    let impatient =
+        Config { timeouts: pex::Timeouts { ask: Duration::from_secs(2), ..test_config().timeouts }, ..test_config() };
+    let fetcher = node_in(&dir.path().join("fetcher"), impatient).await;
+    let out = dir.path().join("out");
+    fetch(&fetcher, info.root, vec![addr], out.clone()).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == bytes);
+    // Nothing was asked twice: the slow peer was never given up on.
+    assert_eq!(fetcher.stats().downloaded_bytes, (MIB + 1 + info.manifest_blob.len() + 64) as u64);
+}
