@@ -35,10 +35,26 @@ pub struct SeedRecord {
     pub mtime: Option<SystemTime>,
 }
 
-/// Where an unfinished download of a root is being written.
+/// An unfinished download of a root: where it is written and which pieces
+/// were verified and flushed to disk before this record was written.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-struct PartialRecord {
-    part: PathBuf,
+pub struct PartialRecord {
+    /// Absolute path of the `.part` file.
+    pub part: PathBuf,
+    /// Held pieces as BITFIELD bytes in hex (MSB first); empty until the first flush.
+    #[serde(default)]
+    pub held: String,
+}
+
+impl PartialRecord {
+    /// The claimed pieces, if the record holds a bitfield for `pieces` pieces.
+    pub fn claimed(&self, pieces: usize) -> Option<Vec<u8>> {
+        let bytes: Option<Vec<u8>> = (0..self.held.len())
+            .step_by(2)
+            .map(|i| self.held.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect();
+        bytes.filter(|b| b.len() == pieces.div_ceil(8) && !self.held.is_empty())
+    }
 }
 
 /// A node's data directory.
@@ -136,19 +152,21 @@ impl DataDir {
         self.root.join("partial").join(format!("{root}.json"))
     }
 
-    /// Records that `part` holds the download of `root`, so a later run resumes
-    /// from it and a `.part` of another root is never mixed in.
-    pub fn save_partial(&self, root: &Hash, part: &Path) -> io::Result<()> {
-        let json = serde_json::to_vec_pretty(&PartialRecord { part: part.to_owned() }).map_err(io::Error::other)?;
+    /// Records that `part` holds the download of `root`, and which pieces of it
+    /// are flushed (`held`, BITFIELD bytes), so a later run resumes from it and a
+    /// `.part` of another root is never mixed in. Callers flush data first.
+    pub fn save_partial(&self, root: &Hash, part: &Path, held: Option<&[u8]>) -> io::Result<()> {
+        let record = PartialRecord { part: part.to_owned(), held: held.map(crate::hash::hex).unwrap_or_default() };
+        let json = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
         write_atomic(&self.partial_path(root), &json)
     }
 
-    /// The `.part` path recorded for `root`, if any.
-    pub fn load_partial(&self, root: &Hash) -> Result<Option<PathBuf>, RecordError> {
+    /// The partial-download record for `root`, if any.
+    pub fn load_partial(&self, root: &Hash) -> Result<Option<PartialRecord>, RecordError> {
         let path = self.partial_path(root);
         match fs::read(&path) {
             Ok(b) => serde_json::from_slice::<PartialRecord>(&b)
-                .map(|r| Some(r.part))
+                .map(Some)
                 .map_err(|e| RecordError { path, reason: format!("damaged record: {e}") }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(RecordError { path, reason: e.to_string() }),

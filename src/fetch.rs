@@ -4,7 +4,7 @@
 //! each blob on a blocking thread, writes it into the `.part` file, announces
 //! it with HAVE and serves it onwards. Peers reach it through [`DownloadEvent`]s.
 
-use crate::datadir::SeedRecord;
+use crate::datadir::{PartialRecord, SeedRecord};
 use crate::hash::Hash;
 use crate::manifest::{FileInfo, Manifest, ManifestError, PIECE_SIZE};
 use crate::node::{bits_to_bytes, check_bitfield, Node, Shared};
@@ -39,6 +39,8 @@ const NOT_FOUND_GRACE: Duration = Duration::from_secs(3);
 const REASK_ROOT: Duration = Duration::from_millis(500);
 /// Strikes (time-outs) after which a peer is dropped.
 const MAX_STRIKES: u32 = 2;
+/// How often the partial-download state is flushed and recorded while pieces arrive.
+pub const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// Scheduling tick: time-outs and progress are checked this often.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -229,9 +231,18 @@ impl Node {
             resumed_bytes: 0,
             pending_bits: HashMap::new(),
             pending_haves: Vec::new(),
+            claimed: None,
+            part_abs: PathBuf::new(),
+            persisting: None,
+            unpersisted: 0,
+            last_persist: now,
         };
         let result = dl.run(rx).await;
         dl.release_asks();
+        if result.is_err() {
+            // Interrupted or failed: leave the freshest resumable state behind.
+            dl.persist(true).await;
+        }
         result
     }
 }
@@ -294,8 +305,6 @@ impl PeerState {
 /// Where verified pieces go.
 struct Output {
     path: PathBuf,
-    /// The `.part` existed before this run: its pieces are checked, not trusted.
-    resumed: bool,
     part: Arc<PartFile>,
     entry: Option<Arc<FileEntry>>,
 }
@@ -373,6 +382,15 @@ struct Download {
     resumed_bytes: u64,
     pending_bits: HashMap<u64, Bytes>,
     pending_haves: Vec<(u64, u32)>,
+    /// Pieces an earlier run recorded as flushed (BITFIELD bytes), to be re-checked.
+    claimed: Option<Vec<u8>>,
+    /// Absolute path of the `.part`, as recorded.
+    part_abs: PathBuf,
+    /// A flush-then-record of the partial state in progress.
+    persisting: Option<tokio::task::JoinHandle<io::Result<()>>>,
+    /// Pieces completed since the last record.
+    unpersisted: usize,
+    last_persist: Instant,
 }
 
 impl Download {
@@ -393,7 +411,12 @@ impl Download {
                     let (blob, conn, verdict) = done.map_err(|e| StoreError::Io { path: PathBuf::new(), source: io::Error::other(e) })?;
                     self.on_verified(blob, conn, verdict)?;
                 }
-                _ = tick.tick() => self.on_tick()?,
+                _ = tick.tick() => {
+                    self.on_tick()?;
+                    if self.last_persist.elapsed() >= PERSIST_INTERVAL {
+                        self.persist(false).await;
+                    }
+                }
             }
             self.schedule();
         }
@@ -580,8 +603,43 @@ impl Download {
                     }
                 }
                 self.last_progress = Instant::now();
+                self.unpersisted += 1;
                 self.publish();
                 Ok(())
+            }
+        }
+    }
+
+    /// Flushes the `.part` and then records which pieces it holds, so a crash
+    /// loses at most the pieces since the last record. Runs off the actor; with
+    /// `wait`, waits for it (used when the download ends early).
+    async fn persist(&mut self, wait: bool) {
+        if let Some(h) = &self.persisting {
+            if !h.is_finished() && !wait {
+                return;
+            }
+        }
+        if let Some(h) = self.persisting.take() {
+            match h.await {
+                Ok(Err(e)) => tracing::warn!("could not record download progress: {e}"),
+                Err(e) => tracing::warn!("could not record download progress: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
+        let (Some(dd), Some(out)) = (self.shared.data_dir.clone(), &self.out) else { return };
+        let (Some(entry), true) = (&out.entry, self.unpersisted > 0) else { return };
+        let held = bits_to_bytes(entry.held());
+        let (part, root, path) = (out.part.clone(), self.root, self.part_abs.clone());
+        self.unpersisted = 0;
+        self.last_persist = Instant::now();
+        let job = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            part.sync().map_err(|e| io::Error::other(e.to_string()))?;
+            dd.save_partial(&root, &path, Some(&held))
+        });
+        self.persisting = Some(job);
+        if wait {
+            if let Some(h) = self.persisting.take() {
+                let _ = h.await;
             }
         }
     }
@@ -646,20 +704,28 @@ impl Download {
         }
         let part_path = part_path(&path);
         let resuming = part_path.exists();
-        if resuming && !self.owns_part(&part_path) {
-            return Err(FetchError::ForeignPart(part_path));
-        }
+        let earlier = if resuming {
+            match self.earlier_run(&part_path)? {
+                Some(record) => Some(record),
+                None => return Err(FetchError::ForeignPart(part_path)),
+            }
+        } else {
+            None
+        };
         if !resuming {
             let free = free_space(&part_path).unwrap_or(u64::MAX);
             if free < manifest.size {
                 return Err(StoreError::NoSpace { path: part_path, need: manifest.size, free }.into());
             }
         }
-        if let Some(dd) = &self.shared.data_dir {
-            let abs = std::path::absolute(&part_path).unwrap_or(part_path.clone());
-            dd.save_partial(&self.root, &abs).map_err(FetchError::DataDir)?;
+        let abs = std::path::absolute(&part_path).unwrap_or(part_path.clone());
+        if let (Some(dd), None) = (&self.shared.data_dir, &earlier) {
+            // Written before the .part exists, so a .part is never left without an owner.
+            dd.save_partial(&self.root, &abs, None).map_err(FetchError::DataDir)?;
         }
         let part = Arc::new(PartFile::open(&part_path, manifest.size)?);
+        self.claimed = earlier.and_then(|r| r.claimed(manifest.piece_count() as usize));
+        self.part_abs = abs;
         self.lists = vec![None; manifest.lists.len()];
         self.shared.store.add_blob(self.root, blob.clone());
         self.progress.send_modify(|p| {
@@ -667,14 +733,16 @@ impl Download {
             p.total_bytes = manifest.size;
         });
         self.manifest = Some((blob, manifest));
-        self.out = Some(Output { path, resumed: resuming, part, entry: None });
+        self.out = Some(Output { path, part, entry: None });
         self.maybe_start_pieces()
     }
 
-    fn owns_part(&self, part_path: &Path) -> bool {
-        let Some(dd) = &self.shared.data_dir else { return false };
+    /// The record of an earlier run of this download at `part_path`, if there is one.
+    fn earlier_run(&self, part_path: &Path) -> Result<Option<PartialRecord>, FetchError> {
+        let Some(dd) = &self.shared.data_dir else { return Ok(None) };
         let abs = std::path::absolute(part_path).unwrap_or(part_path.to_owned());
-        dd.load_partial(&self.root).ok().flatten().is_some_and(|p| p == abs)
+        let record = dd.load_partial(&self.root).map_err(|e| FetchError::DataDir(io::Error::other(e.to_string())))?;
+        Ok(record.filter(|r| r.part == abs))
     }
 
     /// Once every hash list is here: check what the `.part` already holds, then fetch pieces.
@@ -691,8 +759,10 @@ impl Download {
             dd.save_info(&info).map_err(FetchError::DataDir)?;
         }
         let Some(out) = &mut self.out else { return Ok(()) };
-        let held =
-            if out.resumed { verify_existing(&out.part, &info) } else { bitvec![u8, Msb0; 0; info.pieces.len()] };
+        let held = match &self.claimed {
+            Some(claimed) => verify_claimed(&out.part, &info, BitSlice::from_slice(claimed)),
+            None => bitvec![u8, Msb0; 0; info.pieces.len()],
+        };
         let blobs = Blobs::new(&info.pieces);
         let mut held_blobs = bitvec![0; blobs.hashes.len()];
         for (b, pieces) in blobs.pieces_of.iter().enumerate() {
@@ -866,6 +936,9 @@ impl Download {
         })
         .await
         .map_err(|e| StoreError::Io { path: path.clone(), source: io::Error::other(e) })??;
+        if let Some(h) = self.persisting.take() {
+            let _ = h.await;
+        }
         let abs = std::path::absolute(&path).unwrap_or(path.clone());
         if let Some(dd) = &self.shared.data_dir {
             let mtime = std::fs::metadata(&abs).ok().and_then(|m| m.modified().ok());
@@ -905,11 +978,13 @@ pub fn part_path(output: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Which pieces an existing `.part` already holds, by hashing them (both cores).
-fn verify_existing(part: &PartFile, info: &FileInfo) -> Bits {
+/// Which of the pieces an earlier run claims really are in the `.part`, by
+/// hashing them (both cores): a crash can leave the record ahead of the data.
+fn verify_claimed(part: &PartFile, info: &FileInfo, claimed: &BitSlice<u8, Msb0>) -> Bits {
     let n = info.pieces.len();
     let mut held = bitvec![u8, Msb0; 0; n];
-    if n == 0 {
+    let todo: Vec<usize> = claimed.iter_ones().filter(|i| *i < n).collect();
+    if todo.is_empty() {
         return held;
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -919,10 +994,8 @@ fn verify_existing(part: &PartFile, info: &FileInfo) -> Bits {
                 s.spawn(|| {
                     let mut ok = Vec::new();
                     loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= n {
-                            return ok;
-                        }
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&i) = todo.get(k) else { return ok };
                         let data = part.read_piece(i as u64, info.manifest.piece_len(i as u64));
                         if Hash::of(&data) == info.pieces[i] {
                             ok.push(i);
