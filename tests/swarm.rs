@@ -395,3 +395,117 @@ async fn an_upload_limit_below_one_piece_per_second_still_moves_data() {
     // Nothing was asked twice: the slow peer was never given up on.
     assert_eq!(fetcher.stats().downloaded_bytes, (MIB + 1 + info.manifest_blob.len() + 64) as u64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_file_truncated_or_rewritten_under_load_stops_being_served_and_nothing_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(32 * MIB, 15);
+    let (seeder, info, addr) = seeder(dir.path(), "big", &bytes, test_config()).await;
+    let other = dir.path().join("other");
+    std::fs::write(&other, data(MIB, 16)).unwrap();
+    let other_info = seeder.seed(&other, |_| {}).await.unwrap();
+    // A client keeps 32 ASKs in flight while the file is truncated under it.
+    let (mut raw, _) = Raw::handshake(addr).await;
+    for h in &info.pieces {
+        raw.send(&Frame::Ask(*h)).await;
+    }
+    let mut gives = 0;
+    while gives < 4 {
+        if let Some(Frame::Give { .. }) = raw.next().await {
+            gives += 1;
+        }
+    }
+    std::fs::OpenOptions::new().write(true).open(dir.path().join("big")).unwrap().set_len(MIB as u64 / 2).unwrap();
+    // Whatever comes now is a valid GIVE, a DONT_HAVE, or a close: never bad data, never a crash.
+    let mut dont_have = 0;
+    while let Some(f) = raw.next().await {
+        match f {
+            Frame::Give { hash, data } => assert_eq!(Hash::of(&data), hash),
+            Frame::DontHave(_) => dont_have += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+        if gives + dont_have >= info.pieces.len() {
+            break;
+        }
+    }
+    // New ASKs for it get DONT_HAVE; the other file is still served.
+    let (mut fresh, _) = Raw::handshake(addr).await;
+    fresh.send(&Frame::Ask(info.pieces[0])).await;
+    assert_eq!(fresh.next().await, Some(Frame::DontHave(info.pieces[0])));
+    fresh.send(&Frame::Ask(other_info.pieces[0])).await;
+    assert!(matches!(fresh.next().await, Some(Frame::Give { .. })));
+    // Rewriting in place (same size, new contents) is noticed too.
+    std::fs::write(&other, data(MIB, 17)).unwrap();
+    fresh.send(&Frame::Ask(other_info.pieces[0])).await;
+    assert_eq!(fresh.next().await, Some(Frame::DontHave(other_info.pieces[0])));
+}
+
+/// Serves the given blobs by hash (DONT_HAVE for anything else) to any connection.
+async fn fake_seeder(blobs: Vec<Bytes>) -> SocketAddr {
+    let listener = TcpListener::bind("[::1]:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let blobs: std::collections::HashMap<Hash, Bytes> = blobs.into_iter().map(|b| (Hash::of(&b), b)).collect();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let blobs = blobs.clone();
+            tokio::spawn(async move {
+                let (r, w) = stream.into_split();
+                let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w));
+                let hello = Frame::Hello(Hello { node_id: NodeId::random(), listen_port: addr.port() });
+                let _ = writer.write_frame(&hello, None).await;
+                while let Ok(Some(frame)) = reader.read_frame().await {
+                    if let Frame::Ask(h) = frame {
+                        let reply = match blobs.get(&h) {
+                            Some(data) => Frame::Give { hash: h, data: data.clone() },
+                            None => Frame::DontHave(h),
+                        };
+                        if writer.write_frame(&reply, None).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_manifests_are_refused_with_a_clear_error_before_anything_is_written() {
+    use pex::manifest::{Manifest, MANIFEST_MAGIC};
+    let dir = tempfile::tempdir().unwrap();
+    let fetcher = node_in(&dir.path().join("f"), test_config()).await;
+    let list = Bytes::from(Hash::of(b"piece").0.to_vec());
+    let good = Manifest { name: "ok".into(), size: 10, lists: vec![Hash::of(&list)] };
+    let mut cases: Vec<(&str, Bytes)> = Vec::new();
+    for name in ["", "..", "a/b", "/etc/passwd", "x\u{1}y", "..\\..\\win"] {
+        cases.push(("unsafe file name", Manifest { name: name.into(), ..good.clone() }.encode()));
+    }
+    cases.push(("needs", Manifest { size: 40 << 40, ..good.clone() }.encode()));
+    let mut half_pieces = good.encode().to_vec();
+    half_pieces[5..9].copy_from_slice(&(1u32 << 19).to_be_bytes());
+    cases.push(("piece size", half_pieces.into()));
+    cases.push(("bad magic", Bytes::from_static(b"this is not a manifest at all")));
+    let mut truncated = MANIFEST_MAGIC.to_vec();
+    truncated.push(1);
+    cases.push(("truncated", truncated.into()));
+    for (i, (expect, blob)) in cases.into_iter().enumerate() {
+        let root = Hash::of(&blob);
+        let addr = fake_seeder(vec![blob, list.clone()]).await;
+        let out = dir.path().join(format!("out{i}"));
+        let err = fetch(&fetcher, root, vec![addr], out.clone()).await.unwrap_err();
+        assert!(matches!(err, FetchError::BadManifest { .. }), "case {i}: {err}");
+        assert!(err.to_string().contains(expect), "case {i}: {err}");
+        assert!(!out.exists() && !pex::fetch::part_path(&out).exists(), "case {i} wrote something");
+    }
+    // A consistent manifest for 100 TiB: refused before downloading, with the numbers.
+    let size: u64 = 100 << 40;
+    let lists = Manifest::lists_for(Manifest::pieces_for(size)) as usize;
+    let huge = Manifest { name: "huge".into(), size, lists: vec![Hash::of(b"l"); lists] }.encode();
+    let root = Hash::of(&huge);
+    let addr = fake_seeder(vec![huge]).await;
+    let err = fetch(&fetcher, root, vec![addr], dir.path().join("huge")).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("not enough disk space") && text.contains(&size.to_string()), "{text}");
+    assert!(!pex::fetch::part_path(&dir.path().join("huge")).exists());
+}
