@@ -145,6 +145,14 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() {
+    // Keep freed 1 MiB frame buffers in the heap for reuse instead of handing
+    // them back to the kernel and faulting in fresh zeroed pages for the next
+    // (13% of a fetch's profile was clear_page; 1 GiB fetch: 1.8 → 1.35 s system time).
+    // SAFETY: mallopt only tunes glibc's allocator; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
     let cli = Cli::parse();
     let filter = match cli.verbose {
         0 => "warn",

@@ -28,6 +28,8 @@ use tokio_util::task::TaskTracker;
 /// Send and receive buffer size asked of the kernel for every socket: large
 /// enough to keep a fast link full while the other side hashes.
 pub const SOCKET_BUFFER: u32 = 4 << 20;
+/// Most dials in progress at once.
+pub const MAX_DIALS: usize = 8;
 /// Default connection limit.
 pub const DEFAULT_MAX_PEERS: usize = 50;
 
@@ -463,9 +465,21 @@ async fn connect_loop(shared: Arc<Shared>) {
             _ = shared.wake_connector.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
-        let due = lock(&shared.table).due(std::time::Instant::now(), shared.config.pex);
+        let due = {
+            let mut table = lock(&shared.table);
+            table.prune();
+            table.due(std::time::Instant::now(), shared.config.pex)
+        };
         for addr in due {
             if shared.should_skip_dial(&addr) {
+                continue;
+            }
+            let pinned = lock(&shared.table).get(&addr).is_some_and(|e| e.pinned);
+            let dialing = lock(&shared.dialing).len();
+            // Dials to learned addresses are bounded, and leave half the slots for
+            // peers that connect to us, so a PEERS flood of dead addresses starves no one.
+            let live = lock(&shared.registry).by_conn.len();
+            if dialing >= MAX_DIALS || (!pinned && live + dialing >= shared.config.max_peers / 2) {
                 continue;
             }
             let Ok(permit) = shared.slots.clone().try_acquire_owned() else { break };
@@ -501,7 +515,9 @@ async fn peers_loop(shared: Arc<Shared>) {
         let conns: Vec<_> = lock(&shared.registry).by_conn.values().cloned().collect();
         for conn in conns {
             let since = *lock(&conn.peers_sent);
-            shared.send_peers(&conn, since);
+            if let Some(frame) = shared.peers_frame(&conn, since) {
+                conn.send(frame);
+            }
         }
     }
 }
@@ -652,16 +668,15 @@ impl Shared {
         }
     }
 
-    /// Sends PEERS (verified addresses, new since `since` if given) to `conn`.
-    pub(crate) fn send_peers(&self, conn: &PeerConn, since: Option<std::time::Instant>) {
+    /// The PEERS frame for `conn`: verified addresses (new since `since` if given),
+    /// or None when a periodic update would be empty.
+    pub(crate) fn peers_frame(&self, conn: &PeerConn, since: Option<std::time::Instant>) -> Option<Frame> {
         let mut list =
             if self.config.pex { lock(&self.table).shareable(MAX_PEERS_PER_FRAME + 1, since) } else { Vec::new() };
         list.retain(|a| Some(*a) != conn.listen_addr && *a != conn.addr);
         list.truncate(MAX_PEERS_PER_FRAME);
         *lock(&conn.peers_sent) = Some(std::time::Instant::now());
-        if since.is_none() || !list.is_empty() {
-            conn.send(Frame::Peers(list));
-        }
+        (since.is_none() || !list.is_empty()).then_some(Frame::Peers(list))
     }
 
     /// Piece count of `root`'s file if this node knows its manifest.

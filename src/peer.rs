@@ -371,7 +371,14 @@ pub(crate) async fn establish(
             shared.learn(l);
         }
     }
-    shared.send_peers(&conn, None);
+    // PEERS is part of the handshake: written now, before anything else can be.
+    if let Some(peers) = shared.peers_frame(&conn, None) {
+        let written = timeout(t, writer.write_frame(&peers, None)).await;
+        if let Err(e) = written.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
+            shared.peer_left(&conn);
+            return Err(e.into());
+        }
+    }
     reader.count_into(conn.received.clone());
     let task_conn = conn.clone();
     let task_shared = shared.clone();

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 pub const MAX_KNOWN_PEERS: usize = 2000;
 /// First retry delay after a failed dial; doubles per failure.
 const BACKOFF_START: Duration = Duration::from_millis(250);
+/// Failed dials after which a learned, never-verified address is forgotten.
+const MAX_FAILURES: u32 = 4;
 /// Longest retry delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(8);
 
@@ -62,14 +64,20 @@ impl PeerTable {
         self.entries.get(addr)
     }
 
-    /// Adds an address to dial; `pinned` ones come from the user.
+    /// Adds an address to dial; `pinned` ones come from the user. When the table
+    /// is full, a learned address is dropped (cheaply: floods cost O(1) each)
+    /// while a pinned one evicts the least useful entry.
     pub fn add(&mut self, addr: SocketAddr, pinned: bool) {
+        self.insert(addr, pinned, pinned);
+    }
+
+    fn insert(&mut self, addr: SocketAddr, pinned: bool, may_evict: bool) {
         let now = Instant::now();
         if let Some(e) = self.entries.get_mut(&addr) {
             e.pinned |= pinned;
             return;
         }
-        if self.entries.len() >= MAX_KNOWN_PEERS && !self.evict_one() {
+        if self.entries.len() >= MAX_KNOWN_PEERS && !(may_evict && self.evict_one()) {
             return;
         }
         self.entries.insert(
@@ -91,7 +99,7 @@ impl PeerTable {
     /// A HELLO completed with `id` at `addr`, which this node dialled.
     /// Returns true the first time the address is verified (worth telling peers at once).
     pub fn verified(&mut self, addr: SocketAddr, id: NodeId) -> bool {
-        self.add(addr, false);
+        self.insert(addr, false, true);
         let Some(e) = self.entries.get_mut(&addr) else { return false };
         let new = !e.verified;
         {
@@ -106,7 +114,7 @@ impl PeerTable {
 
     /// `addr` answered with our own node id.
     pub fn mark_self(&mut self, addr: SocketAddr) {
-        self.add(addr, false);
+        self.insert(addr, false, true);
         if let Some(e) = self.entries.get_mut(&addr) {
             e.is_self = true;
             e.verified = false;
@@ -122,6 +130,11 @@ impl PeerTable {
             e.next_try = Instant::now() + backoff + jitter;
             e.last_error = Some(error);
         }
+    }
+
+    /// Forgets learned addresses that keep failing, making room for new ones.
+    pub fn prune(&mut self) {
+        self.entries.retain(|_, e| e.pinned || e.verified || e.is_self || e.failures < MAX_FAILURES);
     }
 
     /// Removes an address (banned, or the user said so).
@@ -194,6 +207,17 @@ mod tests {
         }
         assert_eq!(t.len(), MAX_KNOWN_PEERS);
         assert!(t.get(&addr(0)).is_some() && t.get(&addr(1)).is_some());
+        // A full table still makes room for a verified address and a pinned one.
+        t.verified(addr(9_999), NodeId([9; 32]));
+        t.add(addr(10_000), true);
+        assert!(t.get(&addr(9_999)).is_some() && t.get(&addr(10_000)).is_some());
+        assert_eq!(t.len(), MAX_KNOWN_PEERS);
+        // Learned addresses that keep failing are pruned.
+        for _ in 0..MAX_FAILURES {
+            t.failed(addr(5), "refused".into());
+        }
+        t.prune();
+        assert!(t.get(&addr(5)).is_none());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `pex` binary end to end: separate seeder and fetcher processes on [::1].
 
 mod common;
+mod independent;
 
 use assert_cmd::Command as Cmd;
 use common::{data, PATIENCE};
@@ -183,4 +184,148 @@ fn help_and_version_work() {
     }
     let version = Cmd::new(PEX).arg("--version").output().unwrap();
     assert_eq!(String::from_utf8(version.stdout).unwrap(), format!("pex {}\n", env!("CARGO_PKG_VERSION")));
+}
+
+/// Pieces the partial record of `root` in `data_dir` claims, if it exists yet.
+fn claimed_pieces(data_dir: &Path, root: &str) -> Option<usize> {
+    let text = std::fs::read_to_string(data_dir.join("partial").join(format!("{root}.json"))).ok()?;
+    let record: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let held = record["held"].as_str()?;
+    Some(
+        (0..held.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&held[i..i + 2], 16).unwrap().count_ones() as usize)
+            .sum(),
+    )
+}
+
+/// Starts a fetch of an 8-piece file from a seeder at 1 MiB/s, SIGKILLs it once
+/// its record claims `kill_at` pieces, runs the same command again, and checks
+/// the second run completes byte-exact, downloading only what was not claimed.
+fn kill_and_resume(kill_at: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("f.bin");
+    let bytes = data(8 << 20, 21 + kill_at as u64);
+    std::fs::write(&src, &bytes).unwrap();
+    let seeder = Seeder::start(&src, &dir.path().join("s"), &["--max-upload-rate", "1MiB"]);
+    let (out, fdd) = (dir.path().join("out.bin"), dir.path().join("f"));
+    let args = [
+        "fetch",
+        &seeder.root,
+        "--peer",
+        &seeder.peer,
+        "-o",
+        out.to_str().unwrap(),
+        "--data-dir",
+        fdd.to_str().unwrap(),
+        "--json",
+    ];
+    let mut first = Command::new(PEX).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let claimed = loop {
+        if let Some(n) = claimed_pieces(&fdd, &seeder.root).filter(|n| *n >= kill_at) {
+            break n;
+        }
+        if kill_at == 0 && pex::fetch::part_path(&out).exists() {
+            break 0;
+        }
+        assert!(std::time::Instant::now() < deadline, "fetch never got to {kill_at} pieces");
+        assert!(first.try_wait().unwrap().is_none(), "fetch ended before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    assert!(!out.exists(), "a killed fetch must not leave the final name");
+    let second = Command::new(PEX).args(args).output().unwrap();
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(std::fs::read(&out).unwrap() == bytes, "resumed copy differs");
+    let summary: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    let downloaded = summary["downloaded_bytes"].as_u64().unwrap();
+    let resumed = summary["resumed_bytes"].as_u64().unwrap();
+    assert!(resumed >= (claimed as u64) << 20, "claimed {claimed} pieces, resumed {resumed} bytes");
+    assert!(
+        downloaded <= ((8 - claimed as u64) << 20) + 4096,
+        "downloaded {downloaded} bytes after {claimed} were held"
+    );
+    seeder.interrupt();
+}
+
+#[test]
+fn sigkill_early_then_resume() {
+    kill_and_resume(0);
+}
+
+#[test]
+fn sigkill_midway_then_resume() {
+    kill_and_resume(4);
+}
+
+#[test]
+fn sigkill_during_the_last_piece_then_resume() {
+    kill_and_resume(7);
+}
+
+#[test]
+fn a_part_file_of_another_download_is_never_mixed_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("f.bin");
+    std::fs::write(&src, data(3000, 3)).unwrap();
+    let seeder = Seeder::start(&src, &dir.path().join("s"), &[]);
+    let out = dir.path().join("out.bin");
+    std::fs::write(pex::fetch::part_path(&out), b"someone else's bytes").unwrap();
+    let dd = dir.path().join("f");
+    let e = fails(&[
+        "fetch",
+        &seeder.root,
+        "--peer",
+        &seeder.peer,
+        "-o",
+        out.to_str().unwrap(),
+        "--data-dir",
+        dd.to_str().unwrap(),
+    ]);
+    assert!(e.contains("belongs to another download"), "{e}");
+    assert_eq!(std::fs::read(pex::fetch::part_path(&out)).unwrap(), b"someone else's bytes");
+    seeder.interrupt();
+}
+
+#[test]
+fn a_restarted_serve_serves_what_was_seeded_and_names_damaged_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let dd = dir.path().join("node");
+    let (a, b) = (dir.path().join("a.bin"), dir.path().join("b.bin"));
+    std::fs::write(&a, data(2 << 20, 31)).unwrap();
+    std::fs::write(&b, data(1000, 32)).unwrap();
+    let first = Seeder::start(&a, &dd, &[]);
+    let root_a = first.root.clone();
+    first.interrupt();
+    let second = Seeder::start(&b, &dd, &[]);
+    let root_b = second.root.clone();
+    second.interrupt();
+    // Damage b's record; a must still be served.
+    let damaged = dd.join("seeds").join(format!("{root_b}.json"));
+    std::fs::write(&damaged, b"{ truncated").unwrap();
+    let mut serve = Command::new(PEX)
+        .args(["serve", "--listen", "[::1]:0", "--data-dir", dd.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    forward(serve.stderr.take().unwrap(), tx);
+    let mut warned = false;
+    let port = loop {
+        let line = lines.recv_timeout(PATIENCE).expect("serve printed nothing");
+        warned |= line.contains("warning") && line.contains(damaged.to_str().unwrap());
+        if let Some(rest) = line.strip_prefix("serving ").and_then(|l| l.split(" on ").nth(1)) {
+            break rest.split(';').next().unwrap().to_owned();
+        }
+    };
+    assert!(warned, "the damaged record is named in a warning");
+    let out = dir.path().join("copy.bin");
+    let result = fetch(&root_a, &port, &out, &dir.path().join("f"));
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&a).unwrap());
+    unsafe { libc::kill(serve.id() as i32, libc::SIGINT) };
+    assert!(serve.wait().unwrap().success());
 }

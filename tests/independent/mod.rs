@@ -385,7 +385,7 @@ impl Node {
 
     /// Resident set size of the node in KiB, from /proc.
     fn rss_kib(&self) -> u64 {
-        rss_kib(self.child.id())
+        try_rss_kib(self.child.id()).expect("the node's /proc/<pid>/status has no VmRSS")
     }
 }
 
@@ -402,10 +402,11 @@ impl Drop for Node {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("no VmRSS");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+/// VmRSS in KiB from /proc/<pid>/status; `None` once the process is gone.
+fn try_rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A blocking client connection, reads and writes bounded by [`IO_TIMEOUT`].
@@ -505,12 +506,71 @@ impl Conn {
 
     /// ASKs for `h` and expects a GIVE of exactly `data`.
     fn fetch_expect(&mut self, h: &Hash, data: &[u8]) {
-        self.send(&ask(h));
-        let f = self.recv();
-        assert!(f.is(GIVE) && f.hash() == *h, "ASK {}: expected its GIVE, got {}", hex(h), f.show());
-        assert!(f.body[32..] == *data, "GIVE {} carries other data", hex(h));
-        assert_eq!(sha(&f.body[32..]), *h);
+        self.try_fetch(h, data).unwrap_or_else(|e| panic!("{e}"));
     }
+
+    /// ASKs for `h` and expects a GIVE of exactly `data` (keep-alives aside) as the next frame.
+    fn try_fetch(&mut self, h: &Hash, data: &[u8]) -> Result<(), String> {
+        self.w.write_all(&ask(h)).map_err(|e| format!("ASK {}: {e}", hex(h)))?;
+        let f = loop {
+            match self.try_recv() {
+                Ok(Some(f)) if f.ty.is_none() => {}
+                Ok(Some(f)) => break f,
+                Ok(None) => return Err(format!("ASK {}: the node closed the connection", hex(h))),
+                Err(e) => return Err(format!("ASK {}: no answer: {e}", hex(h))),
+            }
+        };
+        if !(f.is(GIVE) && f.hash() == *h) {
+            return Err(format!("ASK {}: expected its GIVE, got {}", hex(h), f.show()));
+        }
+        if f.body[32..] != *data || sha(&f.body[32..]) != *h {
+            return Err(format!("GIVE {} carries other data", hex(h)));
+        }
+        Ok(())
+    }
+
+    /// Reads until `expected` arrives (keep-alives aside) or `deadline` passes; returns when.
+    fn wait_for(&mut self, expected: &[u8], start: Instant, deadline: Duration) -> Result<Duration, String> {
+        let result = loop {
+            let left = deadline.saturating_sub(start.elapsed()).max(Duration::from_millis(1));
+            self.r.get_ref().set_read_timeout(Some(left)).unwrap();
+            match self.try_recv() {
+                Ok(Some(f)) if f.ty.is_none() => {}
+                Ok(Some(f)) if f.wire() == expected => break Ok(start.elapsed()),
+                Ok(Some(f)) => break Err(format!("expected {}, got {}", hex(expected), f.show())),
+                Ok(None) => break Err("the node closed the connection".to_owned()),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    break Err(format!("no answer {:?} after the start", start.elapsed()))
+                }
+                Err(e) => break Err(e.to_string()),
+            }
+        };
+        self.r.get_ref().set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        result
+    }
+}
+
+/// Everything the node sends until it closes, one token per frame ("HELLO", "PEERS",
+/// "REJECT(3)", …), then "EOF" (a reset after a REJECT counts as a close too).
+fn transcript(c: &mut Conn, port: u16) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    loop {
+        match c.try_recv() {
+            Ok(Some(f)) => out.push(match f.ty {
+                None => "keep-alive".to_owned(),
+                Some(HELLO) if f.body[..4] == *b"PEX\x01" && f.body[36..] == port.to_be_bytes() => "HELLO".to_owned(),
+                Some(PEERS) => "PEERS".to_owned(),
+                Some(REJECT) => format!("REJECT({})", f.body[0]),
+                _ => f.show(),
+            }),
+            Ok(None) => break out.push("EOF".to_owned()),
+            Err(e) if is_reset(&e) && out.last().is_some_and(|l| l.starts_with("REJECT")) => {
+                break out.push("EOF".to_owned())
+            }
+            Err(e) => break out.push(format!("error: {e}")),
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -534,7 +594,10 @@ fn encoder_reproduces_the_spec_vectors() {
         ("peers_empty", peers(&[]), "0000000102"),
         (
             "peers_two",
-            peers(&[(Ipv6Addr::LOCALHOST, 9000), ("127.0.0.1".parse::<std::net::Ipv4Addr>().unwrap().to_ipv6_mapped(), 6881)]),
+            peers(&[
+                (Ipv6Addr::LOCALHOST, 9000),
+                ("127.0.0.1".parse::<std::net::Ipv4Addr>().unwrap().to_ipv6_mapped(), 6881),
+            ]),
             "000000250200000000000000000000000000000001232800000000000000000000ffff7f0000011ae1",
         ),
         (
@@ -547,11 +610,7 @@ fn encoder_reproduces_the_spec_vectors() {
             hello(&id, 0),
             "000000270350455801000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f0000",
         ),
-        (
-            "dont_have",
-            dont_have(&h_pex),
-            "0000002104262f0d56e252a408a2cd66e65f1b32cca3633518067a7a773ab271849798932a",
-        ),
+        ("dont_have", dont_have(&h_pex), "0000002104262f0d56e252a408a2cd66e65f1b32cca3633518067a7a773ab271849798932a"),
         (
             "bitfield",
             bitfield(&h_pex, &[0xa0, 0x40]),
@@ -844,20 +903,9 @@ fn dont_have_bitfield_have_and_cancel() {
 // 4. Malformed frames
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn malformed_frames_get_reject_3_and_close_only_that_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let size = 9 * PIECE + 12345; // 10 pieces
-    let (file, original) = write_file(dir.path(), "ten.bin", size, 5);
-    let hashes = piece_hashes(&original);
-    let node = Node::start(&file, &[]);
-    let mut rng = Rng::new(16);
-    let root = node.root;
-
-    let mut good = node.peer(&mut rng);
-
-    // In place of HELLO (4.1.2): the node's HELLO, then REJECT(3), then EOF.
-    let first_frame: Vec<(&str, Vec<u8>)> = vec![
+/// Frames that are not a valid HELLO, sent in place of HELLO (section 2 vectors, 4.1.2).
+fn bad_first_frames(rng: &mut Rng) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
         ("too_long (vector) as first frame", unhex("0010002201")),
         ("hello_short (vector)", unhex("0000000f035045580100010203040506070809")),
         (
@@ -874,17 +922,14 @@ fn malformed_frames_get_reject_3_and_close_only_that_connection() {
             unhex("0000002100262f0d56e252a408a2cd66e65f1b32cca3633518067a7a773ab271849798932a"),
         ),
         ("PEERS as first frame", peers(&[])),
-    ];
-    for (case, bytes) in &first_frame {
-        let mut c = node.connect();
-        c.send(bytes);
-        c.expect_hello(node.port);
-        c.expect_reject_then_close(VIOLATION, case);
-    }
+    ]
+}
 
-    // After a valid HELLO (4.4): HELLO, PEERS, then REJECT(3), then EOF.
+/// Violations after the handshake (section 2 vectors, section 3 length rules, 4.4, 4.5), for a
+/// node that seeds the 10-piece file `root`.
+fn violations(root: &Hash, rng: &mut Rng) -> Vec<(&'static str, Vec<u8>)> {
     let many: Vec<(Ipv6Addr, u16)> = (0..51).map(|i| (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i), 9)).collect();
-    let after_hello: Vec<(&str, Vec<u8>)> = vec![
+    vec![
         ("too_long (vector)", unhex("0010002201")),
         ("ask_short (vector)", unhex("0000002000262f0d56e252a408a2cd66e65f1b32cca3633518067a7a773ab27184979893")),
         ("peers_ragged (vector)", unhex("00000012020000000000000000000000000000000000")),
@@ -897,25 +942,73 @@ fn malformed_frames_get_reject_3_and_close_only_that_connection() {
         ("PEERS with 51 entries", peers(&many)),
         ("DONT_HAVE with a 31-byte body", frame(DONT_HAVE, &[7; 31])),
         ("BITFIELD with a 31-byte body", frame(BITFIELD, &[7; 31])),
-        ("BITFIELD of 3 bytes for a known 10-piece file", bitfield(&root, &[0, 0, 0])),
-        ("BITFIELD of a known file with spare bits set", bitfield(&root, &[0, 0x20])),
+        ("BITFIELD of 3 bytes for a known 10-piece file", bitfield(root, &[0, 0, 0])),
+        ("BITFIELD of a known file with spare bits set", bitfield(root, &[0, 0x20])),
         ("HAVE with a 37-byte body", frame(HAVE, &[7; 37])),
-        ("HAVE out of range for a known file", have(&root, 10)),
+        ("HAVE out of range for a known file", have(root, 10)),
         ("REJECT with an empty body", frame(REJECT, &[])),
         ("CANCEL with a 33-byte body", frame(CANCEL, &[7; 33])),
         ("a second HELLO", hello(&rng.hash(), 0)),
-    ];
-    for (case, bytes) in &after_hello {
+    ]
+}
+
+#[test]
+fn malformed_frames_get_reject_3_and_close_only_that_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 9 * PIECE + 12345; // 10 pieces
+    let (file, original) = write_file(dir.path(), "ten.bin", size, 5);
+    let hashes = piece_hashes(&original);
+    let node = Node::start(&file, &[]);
+    let mut rng = Rng::new(16);
+
+    let mut good = node.peer(&mut rng);
+    let mut wrong = Vec::new();
+
+    // In place of HELLO (4.1.2): the node's HELLO, then REJECT(3), then EOF.
+    for (case, bytes) in bad_first_frames(&mut rng) {
         let mut c = node.connect();
-        c.send(&[hello(&rng.hash(), 0), bytes.clone()].concat());
-        c.expect_hello(node.port);
-        c.expect_peers();
-        c.expect_reject_then_close(VIOLATION, case);
+        c.send(&bytes);
+        let got = transcript(&mut c, node.port);
+        if got != ["HELLO", "REJECT(3)", "EOF"] {
+            wrong.push(format!("{case}: sent {} got {got:?}", hex(&bytes[..bytes.len().min(64)])));
+        }
+    }
+
+    // After a complete handshake (4.4): REJECT(3), then EOF.
+    for (case, bytes) in violations(&node.root, &mut rng) {
+        let mut c = node.peer(&mut rng);
+        c.send(&bytes);
+        let got = transcript(&mut c, node.port);
+        if got != ["REJECT(3)", "EOF"] {
+            wrong.push(format!("handshake, then {case}: sent {} got {got:?}", hex(&bytes[..bytes.len().min(64)])));
+        }
     }
 
     // The well-behaved connection outlived all of them.
     good.fetch_expect(&hashes[9], &original[9 * PIECE..]);
     good.fetch_expect(&hashes[0], &original[..PIECE]);
+    assert!(wrong.is_empty(), "answers that disagree with sections 4.1 and 4.4:\n{}", wrong.join("\n"));
+}
+
+/// 4.2: PEERS follows a successful handshake "always, even empty — before any other frame",
+/// so also before the REJECT(3) for a violation that arrives together with our HELLO.
+#[test]
+fn peers_precedes_the_reject_for_a_violation_sent_with_hello() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = write_file(dir.path(), "ten.bin", 9 * PIECE + 12345, 5);
+    let node = Node::start(&file, &[]);
+    let mut rng = Rng::new(20);
+    let mut wrong = Vec::new();
+    for (case, bytes) in violations(&node.root, &mut rng) {
+        let mut c = node.connect();
+        let sent = [hello(&rng.hash(), 0), bytes].concat();
+        c.send(&sent);
+        let got = transcript(&mut c, node.port);
+        if got != ["HELLO", "PEERS", "REJECT(3)", "EOF"] {
+            wrong.push(format!("HELLO + {case}: sent {} got {got:?}", hex(&sent[..sent.len().min(96)])));
+        }
+    }
+    assert!(wrong.is_empty(), "PEERS missing before REJECT (section 4.2):\n{}", wrong.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -945,7 +1038,11 @@ fn two_hundred_connections_get_fifty_hellos_and_reject_2() {
             c.expect_peers();
             hellos.push(i);
         } else {
-            assert!(f.is(REJECT) && f.body[0] == LIMIT, "connection {i}: expected HELLO or REJECT(2), got {}", f.show());
+            assert!(
+                f.is(REJECT) && f.body[0] == LIMIT,
+                "connection {i}: expected HELLO or REJECT(2), got {}",
+                f.show()
+            );
             c.expect_close("REJECT(2) is the only frame");
             rejects += 1;
         }
@@ -960,4 +1057,408 @@ fn two_hundred_connections_get_fifty_hellos_and_reject_2() {
         assert_eq!(conns[i].recv().wire(), dont_have(&missing), "connection {i}");
     }
     conns[hellos[49]].fetch_expect(&sha(&original), &original);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Slow and silent connections
+// ---------------------------------------------------------------------------------------------
+
+/// Reads frames from `r` on a thread of its own until EOF or an error (which ends the stream).
+fn frame_reader(mut r: impl Read + Send + 'static) -> mpsc::Receiver<io::Result<Option<Frame>>> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || loop {
+        let f = read_frame(&mut r);
+        let more = matches!(f, Ok(Some(_)));
+        if tx.send(f).is_err() || !more {
+            break;
+        }
+    });
+    rx
+}
+
+/// Sends a valid HELLO one byte every 300 ms until the node closes the connection. Expects the
+/// node's HELLO, then REJECT(3), then EOF; returns when REJECT arrived and how many bytes of our
+/// HELLO had been sent by then.
+fn dribble_hello(port: u16, id: &Hash) -> (Duration, usize) {
+    let t0 = Instant::now();
+    let Conn { r, mut w } = Conn::open(port);
+    let rx = frame_reader(r);
+    let bytes = hello(id, 0);
+    let (mut sent, mut writing, mut next) = (0, true, Instant::now());
+    let mut frames: Vec<(Duration, usize, Frame)> = Vec::new();
+    loop {
+        let shown = || frames.iter().map(|(_, _, f)| f.show()).collect::<Vec<_>>();
+        assert!(t0.elapsed() < Duration::from_secs(20), "dribbling connection still open; got {:?}", shown());
+        if writing && sent < bytes.len() && Instant::now() >= next {
+            match w.write_all(&bytes[sent..=sent]) {
+                Ok(()) => sent += 1,
+                Err(_) => writing = false, // the node has closed; its frames are still to be read
+            }
+            next += Duration::from_millis(300);
+        }
+        let wait = if writing && sent < bytes.len() {
+            next.saturating_duration_since(Instant::now())
+        } else {
+            Duration::from_secs(1)
+        };
+        match rx.recv_timeout(wait) {
+            Ok(Ok(Some(f))) if f.ty.is_none() => {}
+            Ok(Ok(Some(f))) => {
+                check_rules(&f);
+                frames.push((t0.elapsed(), sent, f));
+            }
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) if is_reset(&e) => break,
+            Ok(Err(e)) => panic!("dribbling connection: {e}; got {:?}", shown()),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => unreachable!("the reader ends with EOF or an error"),
+        }
+    }
+    let shown: Vec<String> = frames.iter().map(|(_, _, f)| f.show()).collect();
+    assert!(
+        frames.len() == 2
+            && frames[0].2.is(HELLO)
+            && frames[0].2.body[..4] == *b"PEX\x01"
+            && frames[1].2.is(REJECT)
+            && frames[1].2.body[0] == VIOLATION,
+        "dribbled HELLO: expected HELLO, REJECT(3), EOF; got {shown:?}"
+    );
+    (frames[1].0, frames[1].1)
+}
+
+fn join<T>(h: thread::JoinHandle<T>) -> T {
+    h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+#[test]
+fn silent_dribbling_and_stalled_connections_are_closed_while_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 2 * PIECE + 1000; // 3 pieces, the last one short
+    let (file, original) = write_file(dir.path(), "three.bin", size, 7);
+    let hashes = piece_hashes(&original);
+    let mut node = Node::start(&file, &["--hello-timeout", "1.5", "--idle-timeout", "2"]);
+    let port = node.port;
+    let mut rng = Rng::new(18);
+    let mut normal = node.peer(&mut rng);
+
+    // (a) Sends nothing: REJECT(3) once the HELLO time-out passes, then EOF.
+    let silent = thread::spawn(move || {
+        let t0 = Instant::now();
+        let mut c = Conn::open(port);
+        c.expect_hello(port);
+        let f = c.recv();
+        let at = t0.elapsed();
+        assert!(f.is(REJECT) && f.body[0] == VIOLATION, "silent connection: expected REJECT(3), got {}", f.show());
+        c.expect_close("silent connection");
+        at
+    });
+
+    // (b) A valid HELLO, one byte every 300 ms: it would take 12.9 s, far beyond 1.5 s.
+    let id = rng.hash();
+    let dribbler = thread::spawn(move || dribble_hello(port, &id));
+
+    // (c) After the handshake, a frame announced as 1 MiB whose body stops after 11 bytes: closed
+    // once the 2 s idle time-out passes, without REJECT (4.6).
+    let id = rng.hash();
+    let staller = thread::spawn(move || {
+        let mut c = Conn::open(port);
+        c.handshake(&id, port);
+        c.send(&[0x00, 0x10, 0x00, 0x00, GIVE, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        let t0 = Instant::now();
+        loop {
+            match c.try_recv() {
+                Ok(Some(f)) if f.ty.is_none() => {}
+                Ok(Some(f)) => panic!("stalled connection: expected a close without REJECT, got {}", f.show()),
+                Ok(None) => break,
+                Err(e) if is_reset(&e) => break,
+                Err(e) => panic!("stalled connection: {e}"),
+            }
+        }
+        t0.elapsed()
+    });
+
+    // (d) Meanwhile a normal client keeps ASKing and getting its pieces.
+    let workers = [silent, staller];
+    let (mut rounds, mut slowest) = (0, Duration::ZERO);
+    while !(dribbler.is_finished() && workers.iter().all(|w| w.is_finished())) {
+        let i = rounds % hashes.len();
+        let t = Instant::now();
+        normal.fetch_expect(&hashes[i], &original[i * PIECE..((i + 1) * PIECE).min(size)]);
+        slowest = slowest.max(t.elapsed());
+        rounds += 1;
+        thread::sleep(Duration::from_millis(100)); // pacing, well inside the 2 s idle time-out
+    }
+    let [silent, stalled] = workers.map(join);
+    let (dribble_rejected, dribbled) = join(dribbler);
+    eprintln!(
+        "silent closed after {silent:?}; dribbler rejected after {dribble_rejected:?} ({dribbled} of 43 bytes); \
+         stalled closed after {stalled:?}; normal client: {rounds} rounds, slowest {slowest:?}"
+    );
+    let few_seconds = Duration::from_secs(10);
+    assert!(silent >= Duration::from_secs(1) && silent <= few_seconds, "silent connection closed after {silent:?}");
+    assert!(
+        dribble_rejected >= Duration::from_secs(1) && dribble_rejected <= few_seconds,
+        "dribbling connection rejected after {dribble_rejected:?}"
+    );
+    assert!(dribbled < 43, "the dribbled HELLO was complete before the REJECT");
+    assert!(
+        stalled >= Duration::from_secs(1) && stalled <= Duration::from_secs(15),
+        "stalled connection closed after {stalled:?}"
+    );
+    assert!(rounds >= 5, "the normal client completed only {rounds} ASKs");
+    assert!(slowest < Duration::from_secs(5), "the normal client waited {slowest:?} for a GIVE");
+    normal.fetch_expect(&hashes[2], &original[2 * PIECE..]);
+    assert!(node.child.try_wait().unwrap().is_none(), "the node exited");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Floods with bounded memory
+// ---------------------------------------------------------------------------------------------
+
+const RSS_LIMIT_KIB: u64 = 150 * 1024;
+/// How long a well-behaved client may wait for a GIVE while another connection floods the node.
+const SERVE_LIMIT: Duration = Duration::from_secs(5);
+
+/// A random address in 2001:db8::/32, the IPv6 documentation prefix (nobody's real host).
+fn doc_addr(rng: &mut Rng) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    rng.fill(&mut o);
+    o[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    Ipv6Addr::from(o)
+}
+
+type FloodSetup = (tempfile::TempDir, Node, Vec<(Hash, Vec<u8>)>, Conn, Conn, Rng);
+
+/// A node seeding a 2-piece file, its pieces, a well-behaved connection and a flooding one, both
+/// set up before any flood (outbound connections the node may make share the connection limit).
+fn flood_setup(seed: u64) -> FloodSetup {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, original) = write_file(dir.path(), "two.bin", PIECE + 4321, seed);
+    let pieces: Vec<(Hash, Vec<u8>)> = original.chunks(PIECE).map(|d| (sha(d), d.to_vec())).collect();
+    let node = Node::start(&file, &[]);
+    let mut rng = Rng::new(seed + 100);
+    let mut good = node.peer(&mut rng);
+    good.fetch_expect(&pieces[0].0, &pieces[0].1);
+    let flooder = node.peer(&mut rng);
+    (dir, node, pieces, good, flooder, rng)
+}
+
+/// Watches a node during a flood: samples its VmRSS every 10 ms, and has a well-behaved client
+/// fetch a piece every 200 ms, each GIVE due within [`SERVE_LIMIT`].
+struct Watch {
+    stop: Arc<AtomicBool>,
+    rss_before: u64,
+    sampler: thread::JoinHandle<u64>,
+    client: thread::JoinHandle<(Conn, usize, Duration, Option<String>)>,
+}
+
+struct WatchReport {
+    rss_before: u64,
+    rss_max: u64,
+    rounds: usize,
+    slowest: Duration,
+    failure: Option<String>,
+    good: Conn,
+}
+
+impl Watch {
+    fn start(node: &Node, mut good: Conn, pieces: &[(Hash, Vec<u8>)]) -> Watch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let pid = node.child.id();
+        let sampler = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut most = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(rss) = try_rss_kib(pid) else { break };
+                    most = most.max(rss);
+                    thread::sleep(Duration::from_millis(10));
+                }
+                most
+            })
+        };
+        let client = {
+            let stop = stop.clone();
+            let pieces = pieces.to_vec();
+            thread::spawn(move || {
+                good.r.get_ref().set_read_timeout(Some(SERVE_LIMIT)).unwrap();
+                let (mut rounds, mut slowest, mut failure) = (0, Duration::ZERO, None);
+                while !stop.load(Ordering::Relaxed) {
+                    let (h, data) = &pieces[rounds % pieces.len()];
+                    let t = Instant::now();
+                    if let Err(e) = good.try_fetch(h, data) {
+                        failure = Some(format!("{e} (after {:?})", t.elapsed()));
+                        break;
+                    }
+                    slowest = slowest.max(t.elapsed());
+                    rounds += 1;
+                    thread::sleep(Duration::from_millis(200));
+                }
+                good.r.get_ref().set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                (good, rounds, slowest, failure)
+            })
+        };
+        Watch { stop, rss_before: node.rss_kib(), sampler, client }
+    }
+
+    fn finish(self) -> WatchReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let rss_max = join(self.sampler);
+        let (good, rounds, slowest, failure) = join(self.client);
+        WatchReport { rss_before: self.rss_before, rss_max, rounds, slowest, failure, good }
+    }
+}
+
+impl WatchReport {
+    /// What went wrong during the flood, if anything.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.rss_max == 0 || self.rss_max >= RSS_LIMIT_KIB {
+            problems.push(format!("the node's VmRSS reached {} KiB (limit {RSS_LIMIT_KIB} KiB)", self.rss_max));
+        }
+        if let Some(e) = &self.failure {
+            problems.push(format!("the well-behaved client was not served within {SERVE_LIMIT:?}: {e}"));
+        }
+        if self.rounds == 0 && self.failure.is_none() {
+            problems.push("the well-behaved client got no GIVE during the flood".to_owned());
+        }
+        problems
+    }
+
+    fn show(&self) -> String {
+        format!(
+            "VmRSS {} KiB before, at most {} KiB; the well-behaved client got {} GIVEs, slowest {:?}",
+            self.rss_before, self.rss_max, self.rounds, self.slowest
+        )
+    }
+}
+
+/// (a) 10,000 PEERS frames of 50 random addresses each (9 MB), then an ASK whose DONT_HAVE shows
+/// that every PEERS frame has been read.
+#[test]
+fn flood_of_peers_frames_keeps_memory_bounded_and_others_served() {
+    // The spec sets no pace, but a node that needs longer than the read bound of this suite for
+    // 9 MB of PEERS lets one peer keep it busy with a trickle of traffic.
+    const DIGEST_LIMIT: Duration = IO_TIMEOUT;
+    let (_dir, mut node, pieces, good, mut flooder, mut rng) = flood_setup(8);
+    let watch = Watch::start(&node, good, &pieces);
+
+    let start = Instant::now();
+    let probe = rng.hash();
+    let writer = {
+        let mut w = flooder.w.try_clone().unwrap();
+        let mut rng = Rng::new(rng.next_u64());
+        thread::spawn(move || -> io::Result<()> {
+            let mut batch = Vec::with_capacity(100 * 905);
+            for i in 0..10_000 {
+                let entries: Vec<(Ipv6Addr, u16)> = (0..50).map(|_| (doc_addr(&mut rng), 9)).collect();
+                batch.extend_from_slice(&peers(&entries));
+                if i % 100 == 99 {
+                    w.write_all(&batch)?;
+                    batch.clear();
+                }
+            }
+            w.write_all(&ask(&probe))
+        })
+    };
+    let digested = flooder.wait_for(&dont_have(&probe), start, DIGEST_LIMIT);
+    let report = watch.finish();
+    eprintln!("PEERS flood: probe answered: {digested:?}; {}", report.show());
+    let mut problems = report.problems();
+    if let Err(e) = &digested {
+        problems.push(format!(
+            "the DONT_HAVE for an ASK sent after 10,000 PEERS frames of 50 new addresses each did not come \
+             within {DIGEST_LIMIT:?}: {e}"
+        ));
+    }
+    assert!(problems.is_empty(), "PEERS flood:\n{}", problems.join("\n"));
+
+    join(writer).expect("writing the PEERS flood");
+    let mut good = report.good;
+    good.fetch_expect(&pieces[1].0, &pieces[1].1);
+    let probe = rng.hash();
+    flooder.send(&ask(&probe));
+    assert_eq!(flooder.recv().wire(), dont_have(&probe), "the flooding connection, afterwards");
+    assert!(node.child.try_wait().unwrap().is_none(), "the node exited");
+}
+
+/// (b) 2,000 unsolicited GIVEs of 1 KiB (correct hashes). 4.3 allows 1024 and closes with
+/// REJECT(5) on the next; either outcome is accepted, but the node must keep serving others.
+#[test]
+fn flood_of_unsolicited_gives_keeps_memory_bounded_and_others_served() {
+    let (_dir, mut node, pieces, good, flooder, mut rng) = flood_setup(9);
+    let watch = Watch::start(&node, good, &pieces);
+
+    let start = Instant::now();
+    let Conn { r, mut w } = flooder;
+    let rx = frame_reader(r);
+    let gives: Vec<u8> = (0..2000).flat_map(|_| give(&rng.bytes(1024))).collect();
+    let wrote = gives.chunks(64 << 10).try_for_each(|chunk| w.write_all(chunk));
+    let probe = rng.hash();
+    let wrote_probe = wrote.is_ok() && w.write_all(&ask(&probe)).is_ok();
+    let outcome = loop {
+        match rx.recv_timeout(IO_TIMEOUT) {
+            Ok(Ok(Some(f))) if f.ty.is_none() => {}
+            Ok(Ok(Some(f))) if f.is(REJECT) => {
+                check_rules(&f);
+                assert_eq!(f.body[0], MISBEHAVING, "GIVE flood: got {}", f.show());
+                match rx.recv_timeout(IO_TIMEOUT) {
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) if is_reset(&e) => {}
+                    Ok(Ok(Some(f))) => panic!("GIVE flood: a frame after REJECT: {}", f.show()),
+                    other => panic!("GIVE flood: no close after REJECT: {:?}", other.map(|r| r.map(|_| ()))),
+                }
+                break format!("REJECT(5) {:?} and close", String::from_utf8_lossy(&f.body[1..]));
+            }
+            Ok(Ok(Some(f))) if wrote_probe && f.wire() == dont_have(&probe) => break "still open".to_owned(),
+            Ok(Ok(Some(f))) => panic!("GIVE flood: unexpected {}", f.show()),
+            Ok(Ok(None)) => panic!("GIVE flood: closed without REJECT"),
+            Ok(Err(e)) => panic!("GIVE flood: {e} without REJECT"),
+            Err(e) => panic!("GIVE flood: no answer within {IO_TIMEOUT:?}: {e}"),
+        }
+    };
+    let took = start.elapsed();
+    let report = watch.finish();
+    eprintln!("GIVE flood: {outcome} after {took:?}; {}", report.show());
+    let problems = report.problems();
+    assert!(problems.is_empty(), "GIVE flood:\n{}", problems.join("\n"));
+
+    let mut good = report.good;
+    good.fetch_expect(&pieces[1].0, &pieces[1].1);
+    let mut fresh = node.peer(&mut rng);
+    fresh.fetch_expect(&pieces[0].0, &pieces[0].1);
+    assert!(node.child.try_wait().unwrap().is_none(), "the node exited");
+}
+
+/// (c) 50,000 ASKs for random hashes without reading the replies for a while (the node must push
+/// back, 4.3), then each must be answered by exactly one DONT_HAVE.
+#[test]
+fn flood_of_asks_keeps_memory_bounded_and_others_served() {
+    let (_dir, mut node, pieces, good, mut flooder, mut rng) = flood_setup(10);
+    let watch = Watch::start(&node, good, &pieces);
+
+    let start = Instant::now();
+    let asked: Vec<Hash> = (0..50_000).map(|_| rng.hash()).collect();
+    let asks: Vec<u8> = asked.iter().flat_map(ask).collect();
+    let mut w = flooder.w.try_clone().unwrap();
+    let writer = thread::spawn(move || w.write_all(&asks));
+    thread::sleep(Duration::from_secs(1)); // deliberately not reading: back-pressure builds up
+    let mut pending: HashSet<Hash> = asked.into_iter().collect();
+    assert_eq!(pending.len(), 50_000);
+    while !pending.is_empty() {
+        let f = flooder.recv();
+        assert!(f.is(DONT_HAVE), "ASK flood: expected DONT_HAVE, got {} ({} pending)", f.show(), pending.len());
+        assert!(pending.remove(&f.hash()), "ASK flood: DONT_HAVE for a hash not asked, or twice: {}", f.show());
+    }
+    join(writer).expect("writing the ASK flood");
+    let took = start.elapsed();
+    let report = watch.finish();
+    eprintln!("ASK flood: 50,000 DONT_HAVEs after {took:?}; {}", report.show());
+    let problems = report.problems();
+    assert!(problems.is_empty(), "ASK flood:\n{}", problems.join("\n"));
+
+    let mut good = report.good;
+    good.fetch_expect(&pieces[1].0, &pieces[1].1);
+    flooder.fetch_expect(&pieces[0].0, &pieces[0].1);
+    assert!(node.child.try_wait().unwrap().is_none(), "the node exited");
 }
