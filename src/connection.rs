@@ -56,7 +56,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             let want = wire::frame_size(&self.buf)?.unwrap_or(wire::LEN_PREFIX);
             let missing = want.saturating_sub(self.buf.len()).max(1);
-            self.buf.reserve(missing.clamp(8 * 1024, READ_CHUNK));
+            // Grow by READ_CHUNK while a peer has sent little of a large frame; once it
+            // has sent that much, take the rest at once (growing in steps would copy).
+            let step = if self.buf.len() >= READ_CHUNK / 4 { missing } else { missing.clamp(8 * 1024, READ_CHUNK) };
+            self.buf.reserve(step);
             let read = self.inner.read_buf(&mut self.buf);
             let n = match idle {
                 Some(idle) => tokio::time::timeout(idle, read)
