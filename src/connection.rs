@@ -90,6 +90,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// Runs an I/O future, failing with `TimedOut` after `limit` if one is given.
+async fn bounded<T>(
+    limit: Option<std::time::Duration>,
+    fut: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, fut)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer accepts no data"))?,
+        None => fut.await,
+    }
+}
+
 /// The writing half of a connection.
 pub struct FrameWriter<W> {
     inner: W,
@@ -106,15 +119,26 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// write of header and data), paced by `limiter` when there is one: then in
     /// small chunks, so even a limit far below one piece per second moves bytes steadily.
     pub async fn write_frame(&mut self, frame: &Frame, limiter: Option<&RateLimiter>) -> io::Result<()> {
+        self.write_frame_within(frame, limiter, None).await
+    }
+
+    /// Like [`write_frame`](Self::write_frame), but fails with `TimedOut` when the
+    /// socket accepts no byte for `stall` (time spent waiting on `limiter` does not count).
+    pub async fn write_frame_within(
+        &mut self,
+        frame: &Frame,
+        limiter: Option<&RateLimiter>,
+        stall: Option<std::time::Duration>,
+    ) -> io::Result<()> {
         self.head.clear();
         let data = frame.encode_head(&mut self.head);
         match (data, limiter) {
-            (None, _) => self.inner.write_all(&self.head).await?,
+            (None, _) => bounded(stall, self.inner.write_all(&self.head)).await?,
             (Some(data), None) => {
                 let mut bufs = [IoSlice::new(&self.head), IoSlice::new(data)];
                 let mut bufs = &mut bufs[..];
                 while !bufs.is_empty() {
-                    let n = self.inner.write_vectored(bufs).await?;
+                    let n = bounded(stall, self.inner.write_vectored(bufs)).await?;
                     if n == 0 {
                         return Err(io::ErrorKind::WriteZero.into());
                     }
@@ -122,10 +146,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 }
             }
             (Some(data), Some(limiter)) => {
-                self.inner.write_all(&self.head).await?;
+                bounded(stall, self.inner.write_all(&self.head)).await?;
                 for chunk in data.chunks(limiter.chunk()) {
                     limiter.acquire(chunk.len()).await;
-                    self.inner.write_all(chunk).await?;
+                    bounded(stall, self.inner.write_all(chunk)).await?;
                 }
             }
         }

@@ -559,20 +559,12 @@ async fn write_loop(
         };
         let written = tokio::select! {
             _ = conn.close.cancelled() => return None,
-            r = timeout(write_timeout, writer.write_frame(&frame, limiter)) => r,
+            r = writer.write_frame_within(&frame, limiter, Some(write_timeout)) => r,
         };
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(peer = %conn.addr, "write failed: {e}");
-                conn.close(None);
-                return None;
-            }
-            Err(_) => {
-                tracing::debug!(peer = %conn.addr, "write timed out");
-                conn.close(None);
-                return None;
-            }
+        if let Err(e) = written {
+            tracing::debug!(peer = %conn.addr, "write failed: {e}");
+            conn.close(None);
+            return None;
         }
         if let Frame::Give { data, .. } = &frame {
             conn.stats.add_uploaded(data.len() as u64);
