@@ -151,7 +151,7 @@ fn main() {
     // SAFETY: mallopt only tunes glibc's allocator; called before any threads start.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
     }
     let cli = Cli::parse();
     let filter = match cli.verbose {
