@@ -199,9 +199,11 @@ fn claimed_pieces(data_dir: &Path, root: &str) -> Option<usize> {
     )
 }
 
-/// Starts a fetch of an 8-piece file from a seeder at 1 MiB/s, SIGKILLs it once
-/// its record claims `kill_at` pieces, runs the same command again, and checks
-/// the second run completes byte-exact, downloading only what was not claimed.
+/// Starts a fetch of an 8-piece file from a seeder at 1 MiB/s. Once the fetch's
+/// record claims `kill_at - 1` pieces, the seeder is frozen (SIGSTOP) so nothing
+/// more can complete, the record is let settle, and the fetch is SIGKILLed. The
+/// same command then runs again (seeder thawed) and must complete byte-exact,
+/// downloading only what was not claimed.
 fn kill_and_resume(kill_at: usize) {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("f.bin");
@@ -222,18 +224,28 @@ fn kill_and_resume(kill_at: usize) {
     ];
     let mut first = Command::new(PEX).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let deadline = std::time::Instant::now() + PATIENCE;
-    let claimed = loop {
-        if let Some(n) = claimed_pieces(&fdd, &seeder.root).filter(|n| *n >= kill_at) {
-            break n;
+    let signal = |pid: u32, sig| unsafe { libc::kill(pid as i32, sig) };
+    loop {
+        let claimed = claimed_pieces(&fdd, &seeder.root);
+        if claimed.is_some_and(|n| n + 1 >= kill_at) && pex::fetch::part_path(&out).exists() {
+            break;
         }
-        if kill_at == 0 && pex::fetch::part_path(&out).exists() {
-            break 0;
-        }
-        assert!(std::time::Instant::now() < deadline, "fetch never got to {kill_at} pieces");
+        assert!(std::time::Instant::now() < deadline, "fetch never got near {kill_at} pieces");
         assert!(first.try_wait().unwrap().is_none(), "fetch ended before it could be killed");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    signal(seeder.child.id(), libc::SIGSTOP);
+    // The record catches up with what arrived (it is written every second).
+    let mut claimed = claimed_pieces(&fdd, &seeder.root).unwrap_or(0);
+    let settle = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < settle {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        claimed = claimed_pieces(&fdd, &seeder.root).unwrap_or(0);
+    }
+    assert!(first.try_wait().unwrap().is_none(), "fetch ended before it could be killed");
     first.kill().unwrap(); // SIGKILL
+    signal(seeder.child.id(), libc::SIGCONT);
+    assert!(claimed + 1 >= kill_at && claimed < 8, "killed with {claimed} of 8 pieces claimed, wanted about {kill_at}");
     first.wait().unwrap();
     assert!(!out.exists(), "a killed fetch must not leave the final name");
     let second = Command::new(PEX).args(args).output().unwrap();

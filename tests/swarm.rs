@@ -255,7 +255,9 @@ async fn duplicate_ids_self_connections_silence_and_shutdown_are_rejected() {
         Config { timeouts: pex::Timeouts { hello: Duration::from_secs(1), ..test_config().timeouts }, ..test_config() };
     let (seeder, _info, addr) = seeder(dir.path(), "f", b"x", config).await;
     let id = NodeId::random();
-    let (_first, _) = Raw::handshake_as(addr, id).await;
+    let (mut first, _) = Raw::handshake_as(addr, id).await;
+    // PEERS is written once the node has registered the connection.
+    assert!(matches!(first.next_any().await, Some(Frame::Peers(_))));
     let mut second = Raw::connect(addr).await;
     second.send(&Frame::Hello(Hello { node_id: id, listen_port: 0 })).await;
     assert_eq!(second.expect_reject().await, Some(RejectCode::Duplicate as u8));
