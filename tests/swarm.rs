@@ -422,7 +422,10 @@ async fn a_seeded_file_truncated_or_rewritten_under_load_stops_being_served_and_
     let mut dont_have = 0;
     while let Some(f) = raw.next().await {
         match f {
-            Frame::Give { hash, data } => assert_eq!(Hash::of(&data), hash),
+            Frame::Give { hash, data } => {
+                assert_eq!(Hash::of(&data), hash);
+                gives += 1;
+            }
             Frame::DontHave(_) => dont_have += 1,
             other => panic!("unexpected {other:?}"),
         }
