@@ -527,8 +527,14 @@ impl Shared {
         lock(&self.table)
     }
 
-    /// The port to advertise in HELLO (0 when not listening).
+    /// The port to advertise in HELLO: 0 when not listening, and also without
+    /// peer exchange, so that peers never verify and spread our address: a
+    /// `--no-pex` node stays out of the swarm's address book in both directions
+    /// (it still accepts connections from peers given its address directly).
     pub(crate) fn listen_port(&self) -> u16 {
+        if !self.config.pex {
+            return 0;
+        }
         self.local_addr.map_or(0, |a| a.port())
     }
 

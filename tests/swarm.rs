@@ -514,3 +514,172 @@ async fn hostile_manifests_are_refused_with_a_clear_error_before_anything_is_wri
     assert!(text.contains("not enough disk space") && text.contains(&size.to_string()), "{text}");
     assert!(!pex::fetch::part_path(&dir.path().join("huge")).exists());
 }
+
+/// A peer that completes the handshake and then never answers anything.
+async fn silent_peer() -> SocketAddr {
+    let listener = TcpListener::bind("[::1]:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let (r, w) = stream.into_split();
+            let mut writer = FrameWriter::new(w);
+            let hello = Frame::Hello(Hello { node_id: NodeId::random(), listen_port: addr.port() });
+            let _ = writer.write_frame(&hello, None).await;
+            held.push((r, writer));
+        }
+    });
+    addr
+}
+
+fn short_timeouts() -> Config {
+    Config { timeouts: pex::Timeouts { ask: Duration::from_secs(1), ..test_config().timeouts }, ..test_config() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asks_to_a_silent_peer_move_elsewhere_and_silence_alone_ends_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(3 * MIB, 18);
+    let (_seeder, info, honest) = seeder(dir.path(), "f", &bytes, test_config()).await;
+    let mute = silent_peer().await;
+    let fetcher = node_in(&dir.path().join("fetcher"), short_timeouts()).await;
+    let out = dir.path().join("out");
+    fetch(&fetcher, info.root, vec![mute, honest], out.clone()).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == bytes);
+    // With only the silent peer: a clear error, not a hang.
+    let lonely = node_in(&dir.path().join("lonely"), short_timeouts()).await;
+    let (tx, _rx) = tokio::sync::watch::channel(pex::Progress::default());
+    let opts = pex::FetchOptions {
+        output: Some(dir.path().join("never")),
+        peers: vec![mute],
+        give_up_after: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let err = tokio::time::timeout(PATIENCE, lonely.fetch(info.root, opts, tx)).await.unwrap().unwrap_err();
+    assert!(matches!(err, FetchError::Stalled(_) | FetchError::NotFound(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_is_not_up_yet_is_retried_and_a_blip_does_not_end_a_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(6 * MIB, 19);
+    let src = dir.path().join("f");
+    std::fs::write(&src, &bytes).unwrap();
+    // Reserve a port, then start the fetch before anything listens there.
+    let port = std::net::TcpListener::bind("[::1]:0").unwrap().local_addr().unwrap().port();
+    let addr: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let info = {
+        let hasher = node_in(&dir.path().join("h"), Config { listen: None, ..test_config() }).await;
+        hasher.seed(&src, |_| {}).await.unwrap()
+    };
+    let fetcher = node_in(&dir.path().join("fetcher"), test_config()).await;
+    let (tx, mut rx) = tokio::sync::watch::channel(pex::Progress::default());
+    let opts = pex::FetchOptions { output: Some(dir.path().join("out")), peers: vec![addr], ..Default::default() };
+    let f2 = fetcher.clone();
+    let task = tokio::spawn(async move { f2.fetch(info.root, opts, tx).await });
+    let slow = || Config { listen: Some(addr), max_upload_rate: Some(2 << 20), ..test_config() };
+    let start_seeder = |name: &'static str| {
+        let (dir, src, slow) = (dir.path().join(name), src.clone(), slow());
+        async move {
+            let node = node_in(&dir, slow).await;
+            node.seed(&src, |_| {}).await.unwrap();
+            node
+        }
+    };
+    // Nothing listens for a while; the fetch keeps retrying.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!task.is_finished());
+    let first = start_seeder("s1").await;
+    tokio::time::timeout(PATIENCE, rx.wait_for(|p| p.have_bytes >= MIB as u64)).await.unwrap().unwrap();
+    // A blip: the only peer goes away, then comes back on the same address.
+    first.shutdown().await;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _second = start_seeder("s2").await;
+    let outcome = tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap().unwrap();
+    assert!(std::fs::read(&outcome.path).unwrap() == bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pex_a_node_talks_only_to_the_peers_it_was_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(2 * MIB, 20);
+    let (first, info, a) = seeder(&dir.path().join("a").tap_mkdir(), "f", &bytes, test_config()).await;
+    let (second, _, b) = seeder(&dir.path().join("b").tap_mkdir(), "f", &bytes, test_config()).await;
+    // The first seeder knows the second, and would tell others about it.
+    first.add_peer(b);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !first.is_connected(&second.id()) {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for pex in [false, true] {
+        let node = node_in(&dir.path().join(format!("f-{pex}")), Config { pex, ..test_config() }).await;
+        fetch(&node, info.root, vec![a], dir.path().join(format!("out-{pex}"))).await.unwrap();
+        let met = |id: pex::NodeId| node.stats().peers.iter().any(|p| p.node_id == id.to_hex());
+        if pex {
+            // With peer exchange it learns the second seeder (given time to dial it).
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            while !met(second.id()) {
+                assert!(tokio::time::Instant::now() < deadline, "pex never reached the second seeder");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        } else {
+            assert!(met(first.id()) && !met(second.id()), "--no-pex dialled a peer it learned");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_connection_attempts_meet_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seeder, info, addr) = seeder(dir.path(), "f", b"still here", test_config()).await;
+    let mut conns = Vec::new();
+    for _ in 0..1000 {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => conns.push(s),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}"),
+        }
+    }
+    let mut hellos = 0;
+    for s in conns {
+        let (r, w) = s.into_split();
+        let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w));
+        let _ = writer.write_frame(&Frame::Hello(Hello { node_id: NodeId::random(), listen_port: 0 }), None).await;
+        match tokio::time::timeout(PATIENCE, reader.read_frame()).await.unwrap() {
+            Ok(Some(Frame::Hello(_))) => hellos += 1,
+            Ok(Some(Frame::Reject { code, .. })) => assert_eq!(code, RejectCode::PeerLimit as u8),
+            Ok(None) | Err(_) => {} // refused outright
+            Ok(Some(other)) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(hellos <= pex::node::DEFAULT_MAX_PEERS, "{hellos} connections were admitted");
+    assert!(seeder.connected_peers() <= pex::node::DEFAULT_MAX_PEERS);
+    // And it still serves.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            let (r, w) = s.into_split();
+            let mut raw = Raw { reader: FrameReader::new(r), writer: FrameWriter::new(w) };
+            raw.send(&Frame::Hello(Hello { node_id: NodeId::random(), listen_port: 0 })).await;
+            if let Some(Frame::Hello(_)) = raw.next_any().await {
+                raw.send(&Frame::Ask(info.root)).await;
+                assert!(matches!(raw.next().await, Some(Frame::Give { .. })));
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never served again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
