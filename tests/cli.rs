@@ -341,3 +341,43 @@ fn a_restarted_serve_serves_what_was_seeded_and_names_damaged_records() {
     unsafe { libc::kill(serve.id() as i32, libc::SIGINT) };
     assert!(serve.wait().unwrap().success());
 }
+
+#[test]
+fn fetch_with_seed_keeps_serving_after_it_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("f.bin");
+    let bytes = data(3 << 20, 41);
+    std::fs::write(&src, &bytes).unwrap();
+    let seeder = Seeder::start(&src, &dir.path().join("s"), &[]);
+    let port = std::net::TcpListener::bind("[::1]:0").unwrap().local_addr().unwrap().port();
+    let relay_addr = format!("[::1]:{port}");
+    let first_copy = dir.path().join("first.bin");
+    let mut relay = Command::new(PEX)
+        .args(["fetch", &seeder.root, "--peer", &seeder.peer, "--seed", "--listen", &relay_addr])
+        .args(["-o", first_copy.to_str().unwrap(), "--data-dir", dir.path().join("r").to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    forward(relay.stdout.take().unwrap(), tx);
+    // It prints the path when the download completes, then keeps serving.
+    let printed = lines.recv_timeout(PATIENCE).expect("relay printed no path");
+    assert_eq!(Path::new(&printed), std::path::absolute(&first_copy).unwrap());
+    seeder.interrupt();
+    assert!(relay.try_wait().unwrap().is_none(), "fetch --seed exited after completing");
+    let second_copy = dir.path().join("second.bin");
+    let result = fetch(&Seeder::root_of(&src), &relay_addr, &second_copy, &dir.path().join("f2"));
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(std::fs::read(&second_copy).unwrap() == bytes);
+    unsafe { libc::kill(relay.id() as i32, libc::SIGINT) };
+    assert!(relay.wait().unwrap().success());
+}
+
+impl Seeder {
+    /// The root `pex hash` prints for a file.
+    fn root_of(file: &Path) -> String {
+        let out = Cmd::new(PEX).args(["hash", file.to_str().unwrap()]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
