@@ -71,11 +71,14 @@ fn forward(stream: impl std::io::Read + Send + 'static, tx: mpsc::Sender<String>
     });
 }
 
+/// `pex fetch ROOT --peer PEER -o OUT --data-dir DIR` as arguments.
+fn fetch_args(root: &str, peer: &str, out: &Path, data_dir: &Path) -> Vec<String> {
+    let args = ["fetch", root, "--peer", peer, "-o", out.to_str().unwrap(), "--data-dir", data_dir.to_str().unwrap()];
+    args.map(str::to_owned).to_vec()
+}
+
 fn fetch(root: &str, peer: &str, out: &Path, data_dir: &Path) -> std::process::Output {
-    Command::new(PEX)
-        .args(["fetch", root, "--peer", peer, "-o", out.to_str().unwrap(), "--data-dir", data_dir.to_str().unwrap()])
-        .output()
-        .unwrap()
+    Command::new(PEX).args(fetch_args(root, peer, out, data_dir)).output().unwrap()
 }
 
 #[test]
@@ -130,7 +133,7 @@ fn json_summary_reports_the_transfer_on_both_sides() {
 }
 
 /// Runs pex expecting failure; returns its single stderr line.
-fn fails(args: &[&str]) -> String {
+fn fails<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
     let out = Cmd::new(PEX).args(args).timeout(PATIENCE).output().unwrap();
     assert!(!out.status.success(), "{args:?} succeeded");
     let err = String::from_utf8(out.stderr).unwrap();
@@ -157,19 +160,11 @@ fn bad_input_gets_one_clear_line_and_a_failing_exit() {
     let seeder = Seeder::start(&src, &dir.path().join("s"), &[]);
     let taken = dir.path().join("taken");
     std::fs::write(&taken, b"keep me").unwrap();
-    let e = fails(&["fetch", &seeder.root, "--peer", &seeder.peer, "-o", taken.to_str().unwrap(), "--data-dir", dd]);
+    let dd = Path::new(dd);
+    let e = fails(&fetch_args(&seeder.root, &seeder.peer, &taken, dd));
     assert!(e.contains("already exists"), "{e}");
     assert_eq!(std::fs::read(&taken).unwrap(), b"keep me");
-    let e = fails(&[
-        "fetch",
-        &root,
-        "--peer",
-        &seeder.peer,
-        "-o",
-        dir.path().join("n").to_str().unwrap(),
-        "--data-dir",
-        dd,
-    ]);
+    let e = fails(&fetch_args(&root, &seeder.peer, &dir.path().join("n"), dd));
     assert!(e.contains("no peer holds"), "{e}");
     seeder.interrupt();
 }
@@ -211,18 +206,9 @@ fn kill_and_resume(kill_at: usize) {
     std::fs::write(&src, &bytes).unwrap();
     let seeder = Seeder::start(&src, &dir.path().join("s"), &["--max-upload-rate", "1MiB"]);
     let (out, fdd) = (dir.path().join("out.bin"), dir.path().join("f"));
-    let args = [
-        "fetch",
-        &seeder.root,
-        "--peer",
-        &seeder.peer,
-        "-o",
-        out.to_str().unwrap(),
-        "--data-dir",
-        fdd.to_str().unwrap(),
-        "--json",
-    ];
-    let mut first = Command::new(PEX).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut args = fetch_args(&seeder.root, &seeder.peer, &out, &fdd);
+    args.push("--json".into());
+    let mut first = Command::new(PEX).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let deadline = std::time::Instant::now() + PATIENCE;
     let signal = |pid: u32, sig| unsafe { libc::kill(pid as i32, sig) };
     loop {
@@ -248,7 +234,7 @@ fn kill_and_resume(kill_at: usize) {
     assert!(claimed + 1 >= kill_at && claimed < 8, "killed with {claimed} of 8 pieces claimed, wanted about {kill_at}");
     first.wait().unwrap();
     assert!(!out.exists(), "a killed fetch must not leave the final name");
-    let second = Command::new(PEX).args(args).output().unwrap();
+    let second = Command::new(PEX).args(&args).output().unwrap();
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
     assert!(std::fs::read(&out).unwrap() == bytes, "resumed copy differs");
     let summary: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
@@ -286,16 +272,7 @@ fn a_part_file_of_another_download_is_never_mixed_in() {
     let out = dir.path().join("out.bin");
     std::fs::write(pex::fetch::part_path(&out), b"someone else's bytes").unwrap();
     let dd = dir.path().join("f");
-    let e = fails(&[
-        "fetch",
-        &seeder.root,
-        "--peer",
-        &seeder.peer,
-        "-o",
-        out.to_str().unwrap(),
-        "--data-dir",
-        dd.to_str().unwrap(),
-    ]);
+    let e = fails(&fetch_args(&seeder.root, &seeder.peer, &out, &dd));
     assert!(e.contains("belongs to another download"), "{e}");
     assert_eq!(std::fs::read(pex::fetch::part_path(&out)).unwrap(), b"someone else's bytes");
     seeder.interrupt();
