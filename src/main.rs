@@ -392,6 +392,7 @@ async fn fetch(root: Hash, mut opts: FetchOptions, keep_seeding: bool, args: Nod
     cancel_on_signal(token.clone());
     opts.peers = peers;
     let (tx, rx) = watch::channel(Progress::default());
+    let known = rx.clone();
     let ui = progress_ui(rx);
     let result = node.fetch(root, opts, tx).await;
     let _ = ui.await;
@@ -417,7 +418,8 @@ async fn fetch(root: Hash, mut opts: FetchOptions, keep_seeding: bool, args: Nod
     };
     node.shutdown().await;
     if args.json {
-        let file_bytes = result.as_ref().map(|o| o.file_bytes).unwrap_or(0);
+        // The size is known once the manifest arrived, even if the fetch then failed.
+        let file_bytes = result.as_ref().map(|o| o.file_bytes).unwrap_or_else(|_| known.borrow().total_bytes);
         let mut s = summary(&node, Some(root), file_bytes, started);
         if let Ok(o) = &result {
             s["path"] = json!(o.path);

@@ -358,3 +358,30 @@ impl Seeder {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 }
+
+#[test]
+fn ctrl_c_during_a_fetch_exits_130_with_a_summary_and_a_resumable_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("f.bin");
+    std::fs::write(&src, data(8 << 20, 51)).unwrap();
+    let seeder = Seeder::start(&src, &dir.path().join("s"), &["--max-upload-rate", "2MiB"]);
+    let (out, fdd) = (dir.path().join("out.bin"), dir.path().join("f"));
+    let mut args = fetch_args(&seeder.root, &seeder.peer, &out, &fdd);
+    args.push("--json".into());
+    let fetch = Command::new(PEX).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while claimed_pieces(&fdd, &seeder.root).unwrap_or(0) < 1 {
+        assert!(std::time::Instant::now() < deadline, "no progress recorded");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    unsafe { libc::kill(fetch.id() as i32, libc::SIGINT) };
+    let result = fetch.wait_with_output().unwrap();
+    assert_eq!(result.status.code(), Some(130));
+    assert_eq!(String::from_utf8_lossy(&result.stderr).trim(), "error: interrupted");
+    let summary: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert_eq!(summary["ok"], false);
+    assert_eq!(summary["file_bytes"], 8 << 20);
+    assert!(summary["downloaded_bytes"].as_u64().unwrap() > 0);
+    assert!(claimed_pieces(&fdd, &seeder.root).unwrap() >= 1 && !out.exists());
+    seeder.interrupt();
+}
