@@ -683,3 +683,26 @@ impl TapMkdir for PathBuf {
         self
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endgame_does_not_wait_on_a_very_slow_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(4 * MIB, 21);
+    // The slow seeder alone would need 64 s for this file; the fast one a blink.
+    let crawl = Config { max_upload_rate: Some(64 << 10), ..test_config() };
+    let (slow, info, s) = seeder(&dir.path().join("slow").tap_mkdir(), "f", &bytes, crawl).await;
+    let (_fast, _, f) = seeder(&dir.path().join("fast").tap_mkdir(), "f", &bytes, test_config()).await;
+    let fetcher = node_in(&dir.path().join("fetcher"), test_config()).await;
+    let out = dir.path().join("out");
+    // Only the slow peer at first, so it certainly holds ASKs; then the fast one.
+    let (tx, mut rx) = tokio::sync::watch::channel(pex::Progress::default());
+    let opts = pex::FetchOptions { output: Some(out.clone()), peers: vec![s], ..Default::default() };
+    let f2 = fetcher.clone();
+    let task = tokio::spawn(async move { f2.fetch(info.root, opts, tx).await });
+    tokio::time::timeout(PATIENCE, rx.wait_for(|p| p.total_bytes > 0)).await.unwrap().unwrap();
+    fetcher.add_peer(f);
+    tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap().unwrap();
+    assert!(std::fs::read(&out).unwrap() == bytes);
+    // Whatever the slow peer was asked for was fetched again from the fast one.
+    assert!(slow.stats().uploaded_bytes < MIB as u64, "the slow peer delivered {} bytes", slow.stats().uploaded_bytes);
+}
