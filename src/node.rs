@@ -11,6 +11,7 @@ use crate::peers::PeerTable;
 use crate::ratelimit::RateLimiter;
 use crate::store::{Store, StoreError};
 use crate::wire::{Frame, RejectCode, MAX_PEERS_PER_FRAME};
+use bitvec::prelude::{BitSlice, Msb0};
 use bytes::Bytes;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -691,10 +692,15 @@ impl Shared {
     }
 
     pub(crate) fn on_bitfield(&self, conn: &PeerConn, root: Hash, bits: Bytes) -> Result<(), PeerError> {
-        if let Some(n) = self.piece_count(&root) {
+        let pieces = self.piece_count(&root);
+        if let Some(n) = pieces {
             check_bitfield(n, &bits).map_err(PeerError::Protocol)?;
         }
-        conn.note_interest(root);
+        // A peer that already holds every piece has no use for our HAVEs.
+        let complete = pieces.is_some_and(|n| BitSlice::<u8, Msb0>::from_slice(&bits)[..n].all());
+        if !complete {
+            conn.note_interest(root);
+        }
         if let Some(entry) = self.store.file(&root) {
             if entry.holds_any() {
                 conn.send_bitfield_once(root, bits_to_bytes(entry.held()));
