@@ -706,3 +706,31 @@ async fn the_endgame_does_not_wait_on_a_very_slow_peer() {
     // Whatever the slow peer was asked for was fetched again from the fast one.
     assert!(slow.stats().uploaded_bytes < MIB as u64, "the slow peer delivered {} bytes", slow.stats().uploaded_bytes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_node_introduces_verified_peers_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(2 * MIB, 22);
+    let bootstrap = node_in(&dir.path().join("boot"), test_config()).await;
+    let boot = bootstrap.local_addr().unwrap();
+    // A liar claims to listen on a port where nothing answers.
+    let dead_port = std::net::TcpListener::bind("[::1]:0").unwrap().local_addr().unwrap().port();
+    let mut claimer = Raw::connect(boot).await;
+    claimer.send(&Frame::Hello(Hello { node_id: NodeId::random(), listen_port: dead_port })).await;
+    assert!(matches!(claimer.next_any().await, Some(Frame::Hello(_))));
+    // A seeder that only dialled the bootstrap.
+    let (seeder, info, seeder_addr) = seeder(&dir.path().join("s").tap_mkdir(), "f", &bytes, test_config()).await;
+    seeder.add_peer(boot);
+    // A fetcher that knows only the bootstrap finds the seeder through it.
+    let fetcher = node_in(&dir.path().join("fetcher"), test_config()).await;
+    let out = dir.path().join("out");
+    fetch(&fetcher, info.root, vec![boot], out.clone()).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == bytes);
+    assert!(fetcher.stats().peers.iter().any(|p| p.node_id == seeder.id().to_hex()));
+    // What the bootstrap shares now: the seeder (verified), never the dead address.
+    let (mut late, _) = Raw::handshake(boot).await;
+    let Some(Frame::Peers(shared)) = late.next_any().await else { panic!("no PEERS") };
+    assert!(shared.contains(&seeder_addr), "{shared:?}");
+    assert!(!shared.iter().any(|a| a.port() == dead_port), "{shared:?}");
+    drop(claimer);
+}
