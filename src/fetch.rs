@@ -6,7 +6,7 @@
 
 use crate::datadir::{PartialRecord, SeedRecord};
 use crate::hash::Hash;
-use crate::manifest::{FileInfo, Manifest, ManifestError, PIECE_SIZE};
+use crate::manifest::{hash_pieces_at, FileInfo, Manifest, ManifestError, PIECE_SIZE};
 use crate::node::{bits_to_bytes, check_bitfield, Node, Shared};
 use crate::peer::PeerConn;
 use crate::picker::Picker;
@@ -193,7 +193,7 @@ impl Node {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         {
-            let mut downloads = self.shared.downloads.lock().unwrap_or_else(|e| e.into_inner());
+            let mut downloads = crate::lock(&self.shared.downloads);
             if downloads.contains_key(&root) {
                 return Err(FetchError::AlreadyFetching(root));
             }
@@ -256,7 +256,7 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.shared.downloads.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.root);
+        crate::lock(&self.shared.downloads).remove(&self.root);
     }
 }
 
@@ -761,7 +761,7 @@ impl Download {
         }
         let Some(out) = &mut self.out else { return Ok(()) };
         let held = match &self.claimed {
-            Some(claimed) => verify_claimed(&out.part, &info, BitSlice::from_slice(claimed)),
+            Some(claimed) => verify_claimed(&out.part, &info, BitSlice::from_slice(claimed))?,
             None => bitvec![u8, Msb0; 0; info.pieces.len()],
         };
         let blobs = Blobs::new(&info.pieces);
@@ -980,37 +980,20 @@ pub fn part_path(output: &Path) -> PathBuf {
 }
 
 /// Which of the pieces an earlier run claims really are in the `.part`, by
-/// hashing them (both cores): a crash can leave the record ahead of the data.
-fn verify_claimed(part: &PartFile, info: &FileInfo, claimed: &BitSlice<u8, Msb0>) -> Bits {
+/// hashing them on all cores: a crash can leave the record ahead of the data.
+fn verify_claimed(part: &PartFile, info: &FileInfo, claimed: &BitSlice<u8, Msb0>) -> Result<Bits, FetchError> {
     let n = info.pieces.len();
     let mut held = bitvec![u8, Msb0; 0; n];
-    let todo: Vec<usize> = claimed.iter_ones().filter(|i| *i < n).collect();
-    if todo.is_empty() {
-        return held;
+    let todo: Vec<u64> = claimed.iter_ones().filter(|i| *i < n).map(|i| i as u64).collect();
+    let threads = std::thread::available_parallelism().map_or(2, |t| t.get());
+    let hashes = hash_pieces_at(part.file(), info.manifest.size, &todo, threads, &|_| {})
+        .map_err(|source| StoreError::Io { path: part.path().to_owned(), source })?;
+    for (i, h) in hashes {
+        if h == info.pieces[i as usize] {
+            held.set(i as usize, true);
+        }
     }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let found: Vec<Vec<usize>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..2)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut ok = Vec::new();
-                    loop {
-                        let k = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&i) = todo.get(k) else { return ok };
-                        let data = part.read_piece(i as u64, info.manifest.piece_len(i as u64));
-                        if Hash::of(&data) == info.pieces[i] {
-                            ok.push(i);
-                        }
-                    }
-                })
-            })
-            .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or_default()).collect()
-    });
-    for i in found.into_iter().flatten() {
-        held.set(i, true);
-    }
-    held
+    Ok(held)
 }
 
 /// Moves a complete `.part` to its final name, never replacing an existing file.

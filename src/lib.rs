@@ -25,6 +25,13 @@ pub mod ratelimit;
 pub mod store;
 pub mod wire;
 
+/// Locks a mutex, taking the data even if another thread panicked while holding
+/// it: every structure guarded here is consistent between statements, and a
+/// node must keep serving rather than propagate a poisoned lock.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub use fetch::{FetchError, FetchOptions, FetchOutcome, Progress};
 pub use hash::{Hash, NodeId};
 pub use node::{Config, Node, NodeStats, Timeouts};

@@ -253,9 +253,8 @@ impl FileInfo {
     }
 }
 
-/// Hashes every piece of `file` (`size` bytes) on `threads` threads with
-/// positioned reads, calling `progress` with each piece's length as it is done.
-/// Positioned reads, not a mapping: a file truncated meanwhile gives an error, not SIGBUS.
+/// Hashes every piece of `file` (`size` bytes) on `threads` threads, calling
+/// `progress` with each piece's length as it is done.
 pub fn hash_pieces(
     file: &File,
     size: u64,
@@ -263,8 +262,26 @@ pub fn hash_pieces(
     progress: &(dyn Fn(u64) + Sync),
 ) -> std::io::Result<Vec<Hash>> {
     let count = Manifest::pieces_for(size);
+    let all: Vec<u64> = (0..count).collect();
+    let mut hashes = vec![Hash::default(); count as usize];
+    for (i, h) in hash_pieces_at(file, size, &all, threads, progress)? {
+        hashes[i as usize] = h;
+    }
+    Ok(hashes)
+}
+
+/// Hashes the pieces `indices` of `file` (`size` bytes) on `threads` threads
+/// with positioned reads, returning (index, hash) pairs in no particular order.
+/// Positioned reads, not a mapping: a file truncated meanwhile gives an error, not SIGBUS.
+pub fn hash_pieces_at(
+    file: &File,
+    size: u64,
+    indices: &[u64],
+    threads: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> std::io::Result<Vec<(u64, Hash)>> {
     let next = AtomicU64::new(0);
-    let threads = threads.clamp(1, count.max(1) as usize);
+    let threads = threads.clamp(1, indices.len().max(1));
     let results: Vec<std::io::Result<Vec<(u64, Hash)>>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
@@ -272,11 +289,9 @@ pub fn hash_pieces(
                     let mut buf = vec![0u8; PIECE_SIZE as usize];
                     let mut out = Vec::new();
                     loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= count {
-                            return Ok(out);
-                        }
-                        let len = (size - i * PIECE_SIZE).min(PIECE_SIZE) as usize;
+                        let k = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some(&i) = indices.get(k) else { return Ok(out) };
+                        let len = (size.saturating_sub(i * PIECE_SIZE)).min(PIECE_SIZE) as usize;
                         file.read_exact_at(&mut buf[..len], i * PIECE_SIZE)?;
                         out.push((i, Hash::of(&buf[..len])));
                         progress(len as u64);
@@ -289,13 +304,11 @@ pub fn hash_pieces(
             .map(|w| w.join().unwrap_or_else(|_| Err(std::io::Error::other("hash thread panicked"))))
             .collect()
     });
-    let mut hashes = vec![Hash::default(); count as usize];
+    let mut all = Vec::with_capacity(indices.len());
     for r in results {
-        for (i, h) in r? {
-            hashes[i as usize] = h;
-        }
+        all.extend(r?);
     }
-    Ok(hashes)
+    Ok(all)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 use crate::datadir::{DataDir, SeedRecord};
 use crate::fetch::DownloadEvent;
 use crate::hash::{Hash, NodeId};
+use crate::lock;
 use crate::manifest::{hash_pieces, FileInfo};
 use crate::peer::{self, Direction, PeerConn, PeerError};
 use crate::peers::PeerTable;
@@ -168,10 +169,6 @@ pub(crate) struct Shared {
     uploaded: AtomicU64,
     downloaded: AtomicU64,
     pub(crate) pieces_rejected: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Why a node could not start or seed.

@@ -9,6 +9,7 @@
 use crate::connection::{FrameReader, FrameWriter, ReadError};
 use crate::fetch::DownloadEvent;
 use crate::hash::{Hash, NodeId};
+use crate::lock;
 use crate::node::{PeerStats, Shared};
 use crate::wire::{Frame, Hello, RejectCode};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -125,10 +126,6 @@ impl std::fmt::Debug for PeerConn {
             .field("addr", &self.addr)
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl PeerConn {

@@ -187,15 +187,9 @@ impl PartFile {
         Ok(())
     }
 
-    /// Reads piece bytes back (to re-verify a resumed download).
-    pub fn read_piece(&self, index: u64, len: usize) -> Vec<u8> {
-        match &self.map {
-            Some(map) => {
-                let slice = MapSlice { map: map.clone(), off: (index * PIECE_SIZE) as usize, len };
-                slice.as_ref().to_vec()
-            }
-            None => Vec::new(),
-        }
+    /// The open `.part`, for positioned reads (re-verifying a resumed download).
+    pub fn file(&self) -> &File {
+        &self.file
     }
 
     /// Flushes written pieces to disk.
@@ -257,16 +251,16 @@ pub struct FileEntry {
 impl FileEntry {
     /// Which pieces this node holds, in BITFIELD order.
     pub fn held(&self) -> Bits {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        crate::lock(&self.held).clone()
     }
 
     /// Whether any piece is held (a node that holds nothing answers no BITFIELD).
     pub fn holds_any(&self) -> bool {
-        !self.stale.load(Ordering::Relaxed) && self.held.lock().unwrap_or_else(|e| e.into_inner()).any()
+        !self.stale.load(Ordering::Relaxed) && crate::lock(&self.held).any()
     }
 
     fn holds(&self, index: usize) -> bool {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).get(index).is_some_and(|b| *b)
+        crate::lock(&self.held).get(index).is_some_and(|b| *b)
     }
 
     /// Bytes of piece `index`, straight from the mapping, or `None` if not held
@@ -351,7 +345,7 @@ impl Store {
             held: Mutex::new(bitvec![u8, Msb0; 1; pieces]),
             stale: AtomicBool::new(false),
         });
-        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.write();
         inner.register_meta(&entry);
         for (i, h) in entry.info.pieces.iter().enumerate() {
             inner.blobs.entry(*h).or_default().push(BlobSource::Piece(entry.clone(), i));
@@ -368,7 +362,7 @@ impl Store {
             held: Mutex::new(held.clone()),
             stale: AtomicBool::new(false),
         });
-        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.write();
         inner.register_meta(&entry);
         for i in held.iter_ones() {
             inner.blobs.entry(entry.info.pieces[i]).or_default().push(BlobSource::Piece(entry.clone(), i));
@@ -379,14 +373,14 @@ impl Store {
 
     /// Records that a download now holds piece `index`, and serves it.
     pub fn mark_held(&self, entry: &Arc<FileEntry>, index: usize) {
-        entry.held.lock().unwrap_or_else(|e| e.into_inner()).set(index, true);
-        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        crate::lock(&entry.held).set(index, true);
+        let mut inner = self.write();
         inner.blobs.entry(entry.info.pieces[index]).or_default().push(BlobSource::Piece(entry.clone(), index));
     }
 
     /// Adds a small blob kept in memory (a fetched manifest or hash list).
     pub fn add_blob(&self, hash: Hash, data: Bytes) {
-        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.write();
         let sources = inner.blobs.entry(hash).or_default();
         if !sources.iter().any(|s| matches!(s, BlobSource::Memory(_))) {
             sources.push(BlobSource::Memory(data));
@@ -395,7 +389,7 @@ impl Store {
 
     /// Stops serving everything of `root`'s file.
     pub fn remove_file(&self, root: &Hash) {
-        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.write();
         if let Some(entry) = inner.files.remove(root) {
             inner.blobs.retain(|_, sources| {
                 sources.retain(|s| !matches!(s, BlobSource::Piece(e, _) if Arc::ptr_eq(e, &entry)));
@@ -406,21 +400,31 @@ impl Store {
 
     /// The file registered under `root`, if any.
     pub fn file(&self, root: &Hash) -> Option<Arc<FileEntry>> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).files.get(root).cloned()
+        self.read().files.get(root).cloned()
     }
 
     /// Roots of every file this node serves.
     pub fn roots(&self) -> Vec<Hash> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).files.keys().copied().collect()
+        self.read().files.keys().copied().collect()
     }
 
     /// The blob with this hash, if this node can serve it now.
     pub fn get(&self, hash: &Hash) -> Option<Bytes> {
-        let sources = self.inner.read().unwrap_or_else(|e| e.into_inner()).blobs.get(hash)?.clone();
-        sources.iter().find_map(|s| match s {
+        let inner = self.read();
+        inner.blobs.get(hash)?.iter().find_map(|s| match s {
             BlobSource::Memory(b) => Some(b.clone()),
             BlobSource::Piece(entry, i) => entry.piece(*i),
         })
+    }
+}
+
+impl Store {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, StoreInner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, StoreInner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 
