@@ -21,6 +21,14 @@ struct Seeder {
 }
 
 impl Seeder {
+    /// Writes `size` pseudo-random bytes to `dir/f.bin` and seeds them from `dir/s`.
+    fn with_file(dir: &Path, size: usize, seed: u64, extra: &[&str]) -> (Seeder, std::path::PathBuf, Vec<u8>) {
+        let src = dir.join("f.bin");
+        let bytes = data(size, seed);
+        std::fs::write(&src, &bytes).unwrap();
+        (Seeder::start(&src, &dir.join("s"), extra), src, bytes)
+    }
+
     fn start(file: &Path, data_dir: &Path, extra: &[&str]) -> Seeder {
         let mut child = Command::new(PEX)
             .args(["seed", file.to_str().unwrap(), "--listen", "[::1]:0", "--data-dir", data_dir.to_str().unwrap()])
@@ -106,10 +114,7 @@ fn seed_and_fetch_as_separate_processes_at_boundary_sizes() {
 #[test]
 fn json_summary_reports_the_transfer_on_both_sides() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("f.bin");
-    let bytes = data(3 << 20, 7);
-    std::fs::write(&src, &bytes).unwrap();
-    let seeder = Seeder::start(&src, &dir.path().join("s"), &["--json"]);
+    let (seeder, _, bytes) = Seeder::with_file(dir.path(), 3 << 20, 7, &["--json"]);
     let out = dir.path().join("copy.bin");
     let result = Command::new(PEX)
         .args(["fetch", &seeder.root, "--peer", &seeder.peer, "-o", out.to_str().unwrap(), "--json"])
@@ -155,9 +160,7 @@ fn bad_input_gets_one_clear_line_and_a_failing_exit() {
     assert!(fails(&["seed", dir.path().to_str().unwrap(), "--listen", "[::1]:0", "--data-dir", dd])
         .contains("not a regular file"));
 
-    let src = dir.path().join("f.bin");
-    std::fs::write(&src, data(1000, 1)).unwrap();
-    let seeder = Seeder::start(&src, &dir.path().join("s"), &[]);
+    let (seeder, _, _) = Seeder::with_file(dir.path(), 1000, 1, &[]);
     let taken = dir.path().join("taken");
     std::fs::write(&taken, b"keep me").unwrap();
     let dd = Path::new(dd);
@@ -201,10 +204,8 @@ fn claimed_pieces(data_dir: &Path, root: &str) -> Option<usize> {
 /// downloading only what was not claimed.
 fn kill_and_resume(kill_at: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("f.bin");
-    let bytes = data(8 << 20, 21 + kill_at as u64);
-    std::fs::write(&src, &bytes).unwrap();
-    let seeder = Seeder::start(&src, &dir.path().join("s"), &["--max-upload-rate", "1MiB"]);
+    let (seeder, _, bytes) =
+        Seeder::with_file(dir.path(), 8 << 20, 21 + kill_at as u64, &["--max-upload-rate", "1MiB"]);
     let (out, fdd) = (dir.path().join("out.bin"), dir.path().join("f"));
     let mut args = fetch_args(&seeder.root, &seeder.peer, &out, &fdd);
     args.push("--json".into());
@@ -266,9 +267,7 @@ fn sigkill_during_the_last_piece_then_resume() {
 #[test]
 fn a_part_file_of_another_download_is_never_mixed_in() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("f.bin");
-    std::fs::write(&src, data(3000, 3)).unwrap();
-    let seeder = Seeder::start(&src, &dir.path().join("s"), &[]);
+    let (seeder, _, _) = Seeder::with_file(dir.path(), 3000, 3, &[]);
     let out = dir.path().join("out.bin");
     std::fs::write(pex::fetch::part_path(&out), b"someone else's bytes").unwrap();
     let dd = dir.path().join("f");
@@ -322,10 +321,7 @@ fn a_restarted_serve_serves_what_was_seeded_and_names_damaged_records() {
 #[test]
 fn fetch_with_seed_keeps_serving_after_it_completes() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("f.bin");
-    let bytes = data(3 << 20, 41);
-    std::fs::write(&src, &bytes).unwrap();
-    let seeder = Seeder::start(&src, &dir.path().join("s"), &[]);
+    let (seeder, src, bytes) = Seeder::with_file(dir.path(), 3 << 20, 41, &[]);
     let port = std::net::TcpListener::bind("[::1]:0").unwrap().local_addr().unwrap().port();
     let relay_addr = format!("[::1]:{port}");
     let first_copy = dir.path().join("first.bin");
@@ -362,9 +358,7 @@ impl Seeder {
 #[test]
 fn ctrl_c_during_a_fetch_exits_130_with_a_summary_and_a_resumable_record() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("f.bin");
-    std::fs::write(&src, data(8 << 20, 51)).unwrap();
-    let seeder = Seeder::start(&src, &dir.path().join("s"), &["--max-upload-rate", "2MiB"]);
+    let (seeder, _, _) = Seeder::with_file(dir.path(), 8 << 20, 51, &["--max-upload-rate", "2MiB"]);
     let (out, fdd) = (dir.path().join("out.bin"), dir.path().join("f"));
     let mut args = fetch_args(&seeder.root, &seeder.peer, &out, &fdd);
     args.push("--json".into());

@@ -289,6 +289,19 @@ async fn a_node_that_dials_itself_notices_and_stops() {
     assert_eq!(node.connected_peers(), 0);
 }
 
+/// Starts a fetch in the background; returns its task and its progress.
+fn spawn_fetch(
+    node: &pex::Node,
+    root: Hash,
+    peers: Vec<SocketAddr>,
+    out: PathBuf,
+) -> (tokio::task::JoinHandle<Result<pex::FetchOutcome, FetchError>>, tokio::sync::watch::Receiver<pex::Progress>) {
+    let (tx, rx) = tokio::sync::watch::channel(pex::Progress::default());
+    let opts = pex::FetchOptions { output: Some(out), peers, ..Default::default() };
+    let node = node.clone();
+    (tokio::spawn(async move { node.fetch(root, opts, tx).await }), rx)
+}
+
 /// Waits for all fetches; each fetcher writes `out-<i>`.
 async fn fetch_all(
     nodes: &[pex::Node],
@@ -350,10 +363,7 @@ async fn a_seeder_that_disappears_mid_transfer_costs_only_its_pieces() {
     let (_second, info2, b) = seeder(&dir.path().join("b"), "f", &bytes, slow()).await;
     assert_eq!(info.root, info2.root);
     let fetcher = node_in(&dir.path().join("f"), test_config()).await;
-    let (tx, mut rx) = tokio::sync::watch::channel(pex::Progress::default());
-    let opts = pex::FetchOptions { output: Some(dir.path().join("out")), peers: vec![a, b], ..Default::default() };
-    let f2 = fetcher.clone();
-    let task = tokio::spawn(async move { f2.fetch(info.root, opts, tx).await });
+    let (task, mut rx) = spawn_fetch(&fetcher, info.root, vec![a, b], dir.path().join("out"));
     // Once some data has arrived, the first seeder goes away.
     tokio::time::timeout(PATIENCE, rx.wait_for(|p| p.have_bytes >= 2 * MIB as u64)).await.unwrap().unwrap();
     first.shutdown().await;
@@ -573,10 +583,7 @@ async fn a_peer_that_is_not_up_yet_is_retried_and_a_blip_does_not_end_a_fetch() 
         hasher.seed(&src, |_| {}).await.unwrap()
     };
     let fetcher = node_in(&dir.path().join("fetcher"), test_config()).await;
-    let (tx, mut rx) = tokio::sync::watch::channel(pex::Progress::default());
-    let opts = pex::FetchOptions { output: Some(dir.path().join("out")), peers: vec![addr], ..Default::default() };
-    let f2 = fetcher.clone();
-    let task = tokio::spawn(async move { f2.fetch(info.root, opts, tx).await });
+    let (task, mut rx) = spawn_fetch(&fetcher, info.root, vec![addr], dir.path().join("out"));
     let slow = || Config { listen: Some(addr), max_upload_rate: Some(2 << 20), ..test_config() };
     let start_seeder = |name: &'static str| {
         let (dir, src, slow) = (dir.path().join(name), src.clone(), slow());
@@ -695,10 +702,7 @@ async fn the_endgame_does_not_wait_on_a_very_slow_peer() {
     let fetcher = node_in(&dir.path().join("fetcher"), test_config()).await;
     let out = dir.path().join("out");
     // Only the slow peer at first, so it certainly holds ASKs; then the fast one.
-    let (tx, mut rx) = tokio::sync::watch::channel(pex::Progress::default());
-    let opts = pex::FetchOptions { output: Some(out.clone()), peers: vec![s], ..Default::default() };
-    let f2 = fetcher.clone();
-    let task = tokio::spawn(async move { f2.fetch(info.root, opts, tx).await });
+    let (task, mut rx) = spawn_fetch(&fetcher, info.root, vec![s], out.clone());
     tokio::time::timeout(PATIENCE, rx.wait_for(|p| p.total_bytes > 0)).await.unwrap().unwrap();
     fetcher.add_peer(f);
     tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap().unwrap();
