@@ -1,14 +1,436 @@
 //! The codec against golden frames from an independent implementation
-//! (fixtures/protocol-vectors.json), the manifest fixture, and arbitrary bytes.
+//! (fixtures/protocol-vectors.json), the manifest fixture, the limits of
+//! docs/PROTOCOL.md (checked with frames and manifests built here from the
+//! document, not with the encoder), and arbitrary bytes.
 
 mod common;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use common::hex;
-use pex::manifest::{FileInfo, Manifest};
-use pex::wire::{decode, Frame};
+use pex::manifest::{FileInfo, Manifest, ManifestError};
+use pex::wire::{decode, frame_size, Frame, FrameError, RejectCode};
 use pex::Hash;
 use proptest::prelude::*;
+
+// ---------------------------------------------------------------------------
+// The numbers of docs/PROTOCOL.md, written out rather than taken from src/.
+
+/// Section 2: largest `L` = 1 (type) + 32 (hash) + 1,048,576 (one blob).
+const SPEC_MAX_L: usize = 1_048_609;
+/// Section 1: a blob is at most 1 MiB.
+const SPEC_MAX_BLOB: usize = 1_048_576;
+/// Section 3: PEERS carries 0 to 50 entries of 18 bytes.
+const SPEC_MAX_PEERS: usize = 50;
+/// Section 3.8: a REJECT reason is at most 200 bytes.
+const SPEC_MAX_REASON: usize = 200;
+/// Section 5: a file name is at most 255 bytes.
+const SPEC_MAX_NAME: usize = 255;
+/// Section 5: piece size.
+const SPEC_PIECE: u64 = 1 << 20;
+/// Section 5: piece hashes per hash list.
+const SPEC_PER_LIST: u64 = 32_768;
+
+/// A complete frame as section 2 draws it: `L` (u32 BE), type, body.
+fn raw_frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+    v.push(kind);
+    v.extend_from_slice(body);
+    v
+}
+
+/// Decodes `bytes` as one whole frame: the frame, or the error, and whether
+/// every byte was consumed.
+fn decode_all(bytes: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+    let mut buf = BytesMut::from(bytes);
+    let frame = decode(&mut buf)?;
+    Ok(frame.map(|f| (f, bytes.len() - buf.len())))
+}
+
+/// Asserts `bytes` is one legal frame, consumed whole, re-encoding to itself.
+fn assert_accepted(bytes: &[u8], what: &str) -> Frame {
+    match decode_all(bytes) {
+        Ok(Some((frame, used))) => {
+            assert_eq!(used, bytes.len(), "{what}: consumed {used} of {} bytes", bytes.len());
+            assert!(frame.to_bytes()[..] == bytes[..], "{what}: re-encoding differs");
+            frame
+        }
+        Ok(None) => panic!("{what}: decoder waits for more bytes"),
+        Err(e) => panic!("{what}: refused: {e}"),
+    }
+}
+
+fn assert_refused(bytes: &[u8], what: &str) {
+    match decode_all(bytes) {
+        Err(_) => {}
+        Ok(Some((frame, _))) => panic!("{what}: accepted as {}", frame.name()),
+        Ok(None) => panic!("{what}: decoder waits for more bytes instead of refusing"),
+    }
+}
+
+/// One PEERS entry as section 3.3 lays it out: IPv6 address, port.
+fn peer_entry(i: usize) -> [u8; 18] {
+    let mut e = [0u8; 18];
+    if i % 2 == 0 {
+        // ::ffff:10.0.x.y, an IPv4 peer
+        e[10] = 0xff;
+        e[11] = 0xff;
+        e[12..16].copy_from_slice(&[10, 0, (i >> 8) as u8, i as u8]);
+    } else {
+        // 2001:db8::i
+        e[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        e[14..16].copy_from_slice(&(i as u16).to_be_bytes());
+    }
+    e[16..].copy_from_slice(&(1000 + i as u16).to_be_bytes());
+    e
+}
+
+/// A manifest laid out field by field as the table of section 5 gives it.
+fn raw_manifest(size: u64, name: &[u8], count: u32, hashes: &[[u8; 32]]) -> Vec<u8> {
+    let mut v = b"PEXM".to_vec();
+    v.push(1);
+    v.extend_from_slice(&1_048_576u32.to_be_bytes());
+    v.extend_from_slice(&size.to_be_bytes());
+    v.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    v.extend_from_slice(name);
+    v.extend_from_slice(&count.to_be_bytes());
+    for h in hashes {
+        v.extend_from_slice(h);
+    }
+    v
+}
+
+/// `c = ⌈⌈size / 2^20⌉ / 32768⌉` (section 5), with the piece count.
+fn spec_pieces_and_lists(size: u64) -> (u64, u64) {
+    let pieces = size / SPEC_PIECE + u64::from(size % SPEC_PIECE != 0);
+    (pieces, pieces / SPEC_PER_LIST + u64::from(pieces % SPEC_PER_LIST != 0))
+}
+
+/// Distinct made-up list hashes.
+fn fake_hashes(n: usize) -> Vec<[u8; 32]> {
+    (0..n as u32).map(|i| Hash::of(&i.to_be_bytes()).0).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Exactly at every documented limit.
+
+#[test]
+fn the_codes_constants_are_the_documented_numbers() {
+    use pex::manifest::{HASHES_PER_LIST, MAX_NAME_LEN, PIECE_SIZE};
+    use pex::wire::{HELLO_LEN, MAX_BLOB_LEN, MAX_FRAME_LEN, MAX_PEERS_PER_FRAME, MAX_REJECT_REASON, PEER_ENTRY_LEN};
+    assert_eq!(MAX_FRAME_LEN, SPEC_MAX_L);
+    assert_eq!(MAX_BLOB_LEN, SPEC_MAX_BLOB);
+    assert_eq!(MAX_PEERS_PER_FRAME, SPEC_MAX_PEERS);
+    assert_eq!(MAX_REJECT_REASON, SPEC_MAX_REASON);
+    assert_eq!(HELLO_LEN, 38);
+    assert_eq!(PEER_ENTRY_LEN, 18);
+    assert_eq!(MAX_NAME_LEN, SPEC_MAX_NAME);
+    assert_eq!(PIECE_SIZE, SPEC_PIECE);
+    assert_eq!(HASHES_PER_LIST, SPEC_PER_LIST);
+}
+
+#[test]
+fn peers_with_50_entries_is_accepted_and_51_refused() {
+    let body: Vec<u8> = (0..SPEC_MAX_PEERS + 1).flat_map(peer_entry).collect();
+    let fifty = raw_frame(2, &body[..18 * SPEC_MAX_PEERS]);
+    let Frame::Peers(peers) = assert_accepted(&fifty, "PEERS of 50") else { panic!("PEERS of 50: not PEERS") };
+    assert_eq!(peers.len(), 50);
+    assert_eq!(peers[0], "10.0.0.0:1000".parse().unwrap(), "IPv4-mapped entries decode to IPv4");
+    assert_eq!(peers[49], "[2001:db8::31]:1049".parse().unwrap());
+    assert_eq!(Frame::Peers(peers).to_bytes()[..], fifty[..], "the encoder writes 50 entries the same way");
+    assert_refused(&raw_frame(2, &body), "PEERS of 51");
+    for extra in 1..18 {
+        assert_refused(&raw_frame(2, &body[..18 * SPEC_MAX_PEERS + extra]), "PEERS of 50 entries and a fragment");
+        assert_refused(&raw_frame(2, &body[..18 * 3 + extra]), "PEERS of 3 entries and a fragment");
+    }
+    assert_accepted(&raw_frame(2, &[]), "PEERS of 0");
+}
+
+#[test]
+fn reject_reason_of_200_bytes_is_accepted_and_201_refused() {
+    for code in [0u8, 1, 3, 6, 7, 255] {
+        for reason in ["a".repeat(200), "é".repeat(100), "😀".repeat(50), format!("{}ab", "€".repeat(66))] {
+            assert_eq!(reason.len(), SPEC_MAX_REASON);
+            let mut body = vec![code];
+            body.extend_from_slice(reason.as_bytes());
+            let frame = assert_accepted(&raw_frame(7, &body), "REJECT with a 200-byte reason");
+            assert_eq!(frame, Frame::Reject { code, reason: reason.clone() });
+            body.push(b'!');
+            assert_refused(&raw_frame(7, &body), "REJECT with a 201-byte reason");
+            // 201 bytes that are valid UTF-8 all the same: 199 + "é"
+            let long = format!("{}é", "a".repeat(199));
+            let mut body = vec![code];
+            body.extend_from_slice(long.as_bytes());
+            assert_refused(&raw_frame(7, &body), "REJECT with a 201-byte UTF-8 reason");
+        }
+        // body length 1 (code, empty reason) is the lower limit; 0 is a violation.
+        assert_eq!(
+            assert_accepted(&raw_frame(7, &[code]), "REJECT without reason"),
+            Frame::Reject { code, reason: String::new() }
+        );
+    }
+    assert_refused(&raw_frame(7, &[]), "REJECT with an empty body");
+    for bad in [&[0xffu8][..], &[0x80], &[0xc3], &[0xc0, 0xaf], &[0xed, 0xa0, 0x80], &[b'a', 0xe2, 0x82]] {
+        let mut body = vec![3];
+        body.extend_from_slice(bad);
+        assert_refused(&raw_frame(7, &body), "REJECT whose reason is not UTF-8");
+    }
+}
+
+#[test]
+fn frame_reject_truncates_to_200_bytes_on_a_char_boundary() {
+    let cases: [(String, usize); 9] = [
+        ("a".repeat(199), 199),
+        ("a".repeat(200), 200),
+        ("a".repeat(201), 200),
+        ("a".repeat(5000), 200),
+        ("é".repeat(150), 200),
+        (format!("a{}", "é".repeat(150)), 199),
+        ("€".repeat(100), 198),
+        ("😀".repeat(60), 200),
+        (format!("a{}", "😀".repeat(60)), 197),
+    ];
+    for (input, want) in cases {
+        let frame = Frame::reject(RejectCode::Misbehaving, input.clone());
+        let Frame::Reject { code, reason } = &frame else { panic!("not a REJECT") };
+        assert_eq!(*code, 5);
+        assert_eq!(reason.len(), want, "{} bytes of {:?}…", input.len(), &input[..8]);
+        assert!(input.starts_with(reason.as_str()));
+        assert_accepted(&frame.to_bytes(), "a truncated REJECT");
+    }
+}
+
+#[test]
+fn the_largest_frame_is_accepted_and_one_byte_more_refused_from_the_prefix_alone() {
+    let data = common::data(SPEC_MAX_BLOB, 1);
+    let hash = Hash::of(&data);
+    let mut body = hash.0.to_vec();
+    body.extend_from_slice(&data);
+    let give = raw_frame(1, &body);
+    assert_eq!(give.len(), 4 + SPEC_MAX_L);
+    let frame = assert_accepted(&give, "GIVE of 1 MiB");
+    assert_eq!(frame, Frame::Give { hash, data: Bytes::from(data.clone()) });
+    // Every other type at the same L: BITFIELD (32 + 1 MiB of bits) and an unknown type.
+    assert_accepted(&raw_frame(5, &body), "BITFIELD at the largest L");
+    assert_accepted(&raw_frame(9, &body), "unknown type 9 at the largest L");
+    assert_accepted(&raw_frame(255, &body), "unknown type 255 at the largest L");
+    // The largest prefix waits for its body rather than being refused.
+    let max_prefix = (SPEC_MAX_L as u32).to_be_bytes();
+    assert_eq!(decode_all(&max_prefix), Ok(None));
+    assert_eq!(decode_all(&give[..give.len() - 1]), Ok(None));
+    assert_eq!(frame_size(&max_prefix), Ok(Some(4 + SPEC_MAX_L)));
+
+    // L = 1,048,610: refused from the 4 prefix bytes, whatever follows or not.
+    let over = ((SPEC_MAX_L + 1) as u32).to_be_bytes();
+    assert_eq!(decode_all(&over), Err(FrameError::TooLong(SPEC_MAX_L + 1)));
+    assert_eq!(decode_all(&[&over[..], &[1, 2, 3]].concat()), Err(FrameError::TooLong(SPEC_MAX_L + 1)));
+    assert!(frame_size(&over).is_err());
+    let mut body_over = body.clone();
+    body_over.push(0);
+    for kind in [1, 5, 9, 255] {
+        assert_refused(&raw_frame(kind, &body_over), "a whole frame one byte over the largest L");
+    }
+    let too_big = Frame::Give { hash, data: Bytes::from([&data[..], &[0]].concat()) };
+    assert_refused(&too_big.to_bytes(), "GIVE of 1 MiB + 1");
+    for l in [SPEC_MAX_L as u32 + 1, 1 << 21, 1 << 31, u32::MAX] {
+        assert!(decode_all(&l.to_be_bytes()).is_err(), "L = {l} refused from the prefix");
+    }
+    // Fewer than 4 bytes are not yet a prefix at all.
+    for cut in 0..4 {
+        assert_eq!(decode_all(&over[..cut]), Ok(None));
+    }
+}
+
+#[test]
+fn every_documented_reject_code_maps_to_its_variant() {
+    let table = [
+        (1, RejectCode::Duplicate),
+        (2, RejectCode::PeerLimit),
+        (3, RejectCode::ProtocolViolation),
+        (4, RejectCode::SelfConnection),
+        (5, RejectCode::Misbehaving),
+        (6, RejectCode::ShuttingDown),
+    ];
+    for (byte, variant) in table {
+        assert_eq!(RejectCode::from_u8(byte), Some(variant), "code {byte}");
+        assert_eq!(variant as u8, byte);
+        let frame = Frame::reject(variant, "x");
+        assert_eq!(assert_accepted(&raw_frame(7, &[byte, b'x']), "REJECT"), frame);
+    }
+    for byte in [0u8, 7, 255] {
+        assert_eq!(RejectCode::from_u8(byte), None, "code {byte}");
+    }
+    for byte in 7..=255u8 {
+        assert_eq!(RejectCode::from_u8(byte), None, "code {byte}");
+        // Section 3.8: other codes still decode, kept as they are.
+        assert_eq!(
+            assert_accepted(&raw_frame(7, &[byte]), "REJECT"),
+            Frame::Reject { code: byte, reason: String::new() }
+        );
+    }
+}
+
+#[test]
+fn hello_of_any_other_version_or_magic_is_refused() {
+    let mut body = b"PEX\x01".to_vec();
+    body.extend_from_slice(&[7u8; 32]);
+    body.extend_from_slice(&9000u16.to_be_bytes());
+    assert_accepted(&raw_frame(3, &body), "HELLO");
+    for version in [0u8, 2, 3, 0x7f, 0xff] {
+        let mut b = body.clone();
+        b[3] = version;
+        assert_refused(&raw_frame(3, &b), "HELLO of another version");
+    }
+    for (i, c) in [(0, b'p'), (1, b'e'), (2, b'x'), (0, 0), (2, b'Y')] {
+        let mut b = body.clone();
+        b[i] = c;
+        assert_refused(&raw_frame(3, &b), "HELLO with bad magic");
+    }
+    assert_refused(&raw_frame(3, &body[..37]), "HELLO of 37 bytes");
+    assert_refused(&raw_frame(3, &[&body[..], &[0]].concat()), "HELLO of 39 bytes");
+}
+
+#[test]
+fn manifest_name_of_255_bytes_is_accepted_and_256_refused() {
+    let hashes = fake_hashes(1);
+    let names_255 = ["a".repeat(255), format!("{}a", "é".repeat(127)), format!("{}abc", "😀".repeat(63))];
+    for name in names_255 {
+        assert_eq!(name.len(), SPEC_MAX_NAME);
+        let blob = raw_manifest(13, name.as_bytes(), 1, &hashes);
+        let m = Manifest::parse(&blob).unwrap_or_else(|e| panic!("255-byte name refused: {e}"));
+        assert_eq!(m.name, name);
+        assert_eq!(m.encode()[..], blob[..]);
+    }
+    for name in ["a".repeat(256), "é".repeat(128), "😀".repeat(64), "a".repeat(1000)] {
+        let blob = raw_manifest(13, name.as_bytes(), 1, &hashes);
+        assert!(
+            matches!(Manifest::parse(&blob), Err(ManifestError::BadName(_))),
+            "{}-byte name: {:?}",
+            name.len(),
+            Manifest::parse(&blob)
+        );
+    }
+    // A 1-byte name is the lower limit; an empty one is refused.
+    assert!(Manifest::parse(&raw_manifest(13, b"x", 1, &hashes)).is_ok());
+    assert!(matches!(Manifest::parse(&raw_manifest(13, b"", 1, &hashes)), Err(ManifestError::BadName(_))));
+}
+
+#[test]
+fn manifest_names_follow_the_documented_rules() {
+    let hashes = fake_hashes(1);
+    let refused: &[&[u8]] = &[
+        b".",
+        b"..",
+        b"a/b",
+        b"/",
+        b"../x",
+        b"a\\b",
+        b"\\",
+        b"\0",
+        b"a\nb",
+        b"\x1f",
+        b"\x7f",
+        "\u{80}".as_bytes(),
+        "x\u{9f}".as_bytes(),
+        &[0xff],
+        &[b'a', 0xc3],
+        &[0xc0, 0xae],
+        &[0xed, 0xa0, 0x80],
+    ];
+    for name in refused {
+        assert!(Manifest::parse(&raw_manifest(1, name, 1, &hashes)).is_err(), "{name:?} accepted");
+    }
+    let accepted: &[&str] =
+        &["...", "a..b", "..a", ".hidden", "a.", " ", "\u{a0}", "\u{2028}", "\u{200b}", "日本語.txt", "😀"];
+    for name in accepted {
+        let blob = raw_manifest(1, name.as_bytes(), 1, &hashes);
+        assert_eq!(Manifest::parse(&blob).map(|m| m.name), Ok(name.to_string()), "{name:?}");
+    }
+}
+
+#[test]
+fn manifest_list_count_follows_the_file_size_at_every_boundary() {
+    let per_list_bytes = SPEC_PIECE * SPEC_PER_LIST;
+    // (size, lists the spec requires)
+    let table = [
+        (0, 0),
+        (1, 1),
+        (SPEC_PIECE, 1),
+        (SPEC_PIECE + 1, 1),
+        (per_list_bytes - 1, 1),
+        (per_list_bytes, 1),
+        (per_list_bytes + 1, 2),
+        (2 * per_list_bytes, 2),
+        (2 * per_list_bytes + 1, 3),
+        (1 << 40, 32),
+    ];
+    for (size, lists) in table {
+        assert_eq!(spec_pieces_and_lists(size).1, lists);
+        let hashes = fake_hashes(lists as usize + 1);
+        let ok = raw_manifest(size, b"f", lists as u32, &hashes[..lists as usize]);
+        let m = Manifest::parse(&ok).unwrap_or_else(|e| panic!("size {size} with {lists} lists: {e}"));
+        assert_eq!((m.size, m.lists.len()), (size, lists as usize));
+        assert_eq!(m.encode()[..], ok[..]);
+        // One list more, or one fewer, with the hashes to match: inconsistent.
+        let more = raw_manifest(size, b"f", lists as u32 + 1, &hashes);
+        assert!(matches!(Manifest::parse(&more), Err(ManifestError::Inconsistent { .. })), "size {size}, +1 list");
+        if lists > 0 {
+            let fewer = raw_manifest(size, b"f", lists as u32 - 1, &hashes[..lists as usize - 1]);
+            assert!(matches!(Manifest::parse(&fewer), Err(ManifestError::Inconsistent { .. })), "size {size}, -1 list");
+        }
+        // The right count with one hash more or one fewer present.
+        assert!(Manifest::parse(&raw_manifest(size, b"f", lists as u32, &hashes)).is_err(), "size {size}, +1 hash");
+        if lists > 0 {
+            assert!(Manifest::parse(&ok[..ok.len() - 32]).is_err(), "size {size}, -1 hash");
+            assert!(Manifest::parse(&ok[..ok.len() - 1]).is_err(), "size {size}, -1 byte");
+        }
+        assert!(Manifest::parse(&[&ok[..], &[0]].concat()).is_err(), "size {size}, trailing byte");
+    }
+}
+
+#[test]
+fn manifest_of_2_pow_32_minus_1_pieces_is_accepted_and_one_piece_more_refused() {
+    // Both need 131,072 lists: only the piece limit tells them apart.
+    let most = (u32::MAX as u64) * SPEC_PIECE;
+    let (pieces, lists) = spec_pieces_and_lists(most);
+    assert_eq!((pieces, lists), (u32::MAX as u64, 131_072));
+    let hashes = vec![[7u8; 32]; lists as usize];
+    let blob = raw_manifest(most, b"huge", lists as u32, &hashes);
+    let m = Manifest::parse(&blob).unwrap_or_else(|e| panic!("2^32-1 pieces refused: {e}"));
+    assert_eq!(m.piece_count(), u32::MAX as u64);
+    assert_eq!(spec_pieces_and_lists(most + 1), (1 << 32, 131_072));
+    let over = raw_manifest(most + 1, b"huge", lists as u32, &hashes);
+    assert!(matches!(Manifest::parse(&over), Err(ManifestError::Inconsistent { .. })), "{:?}", Manifest::parse(&over));
+    assert!(Manifest::parse(&raw_manifest(u64::MAX, b"huge", lists as u32, &hashes)).is_err());
+}
+
+#[test]
+fn hash_list_of_exactly_its_length_is_accepted_and_one_hash_more_or_less_refused() {
+    let per_list_bytes = SPEC_PIECE * SPEC_PER_LIST;
+    // (file size, hashes each list must hold per section 5)
+    let table: [(u64, &[u64]); 6] = [
+        (1, &[1]),
+        (13, &[1]),
+        (3 * SPEC_PIECE + 1, &[4]),
+        (per_list_bytes, &[32_768]),
+        (per_list_bytes + 1, &[32_768, 1]),
+        (2 * per_list_bytes + 5 * SPEC_PIECE, &[32_768, 32_768, 5]),
+    ];
+    for (size, lens) in table {
+        let blob = raw_manifest(size, b"f", lens.len() as u32, &fake_hashes(lens.len()));
+        let m = Manifest::parse(&blob).unwrap();
+        for (k, &n) in lens.iter().enumerate() {
+            let n = n as usize;
+            let list: Vec<u8> = (0..n + 1).flat_map(|i| Hash::of(&(i as u64).to_be_bytes()).0).collect();
+            let parsed = m.parse_list(k, &list[..32 * n]).unwrap_or_else(|e| panic!("size {size} list {k}: {e}"));
+            assert_eq!(parsed.len(), n);
+            assert_eq!(parsed[n - 1].0[..], list[32 * (n - 1)..32 * n]);
+            assert!(m.parse_list(k, &list).is_err(), "size {size} list {k}: one hash more");
+            assert!(m.parse_list(k, &list[..32 * (n - 1)]).is_err(), "size {size} list {k}: one hash fewer");
+            assert!(m.parse_list(k, &list[..32 * n - 1]).is_err(), "size {size} list {k}: one byte fewer");
+            assert!(m.parse_list(k, &list[..32 * n + 1]).is_err(), "size {size} list {k}: one byte more");
+        }
+    }
+}
 
 fn vectors() -> Vec<(String, bool, Vec<u8>)> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/protocol-vectors.json")).unwrap();
