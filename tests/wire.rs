@@ -8,9 +8,12 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use common::hex;
 use pex::manifest::{FileInfo, Manifest, ManifestError};
-use pex::wire::{decode, frame_size, Frame, FrameError, RejectCode};
-use pex::Hash;
+use pex::wire::{decode, frame_size, Frame, FrameError, Hello, RejectCode};
+use pex::{Hash, NodeId};
+use proptest::collection::vec;
 use proptest::prelude::*;
+use proptest::sample::Index;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 // ---------------------------------------------------------------------------
 // The numbers of docs/PROTOCOL.md, written out rather than taken from src/.
@@ -108,6 +111,83 @@ fn spec_pieces_and_lists(size: u64) -> (u64, u64) {
 /// Distinct made-up list hashes.
 fn fake_hashes(n: usize) -> Vec<[u8; 32]> {
     (0..n as u32).map(|i| Hash::of(&i.to_be_bytes()).0).collect()
+}
+
+/// What sections 2 and 3 of docs/PROTOCOL.md make of the bytes at the start of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Not a whole frame yet, and nothing wrong so far.
+    NeedMore,
+    /// A protocol violation.
+    Violation,
+    /// A legal frame of this many bytes, prefix included.
+    Frame(usize),
+}
+
+fn spec_verdict(b: &[u8]) -> Verdict {
+    if b.len() < 4 {
+        return Verdict::NeedMore;
+    }
+    let l = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    if l > SPEC_MAX_L {
+        return Verdict::Violation;
+    }
+    if b.len() < 4 + l {
+        return Verdict::NeedMore;
+    }
+    if l == 0 {
+        return Verdict::Frame(4);
+    }
+    let body = &b[5..4 + l];
+    let legal = match b[4] {
+        0 | 4 | 8 => body.len() == 32,
+        1 => body.len() >= 32 && body.len() - 32 <= SPEC_MAX_BLOB,
+        2 => body.len() % 18 == 0 && body.len() / 18 <= SPEC_MAX_PEERS,
+        3 => body.len() == 38 && &body[..3] == b"PEX" && body[3] == 1,
+        5 => body.len() >= 32,
+        6 => body.len() == 36,
+        7 => (1..=1 + SPEC_MAX_REASON).contains(&body.len()) && std::str::from_utf8(&body[1..]).is_ok(),
+        _ => true,
+    };
+    if legal {
+        Verdict::Frame(4 + l)
+    } else {
+        Verdict::Violation
+    }
+}
+
+/// Decodes frame after frame off `bytes` until one is incomplete or refused,
+/// checking every step against [`spec_verdict`]: an accepted frame consumes
+/// exactly its bytes and re-encodes to them, an incomplete one consumes nothing.
+/// Returns how many frames were accepted.
+fn decode_like_the_spec(bytes: &[u8]) -> Result<usize, TestCaseError> {
+    let mut buf = BytesMut::from(bytes);
+    let (mut at, mut frames) = (0, 0);
+    loop {
+        let rest = &bytes[at..];
+        let verdict = spec_verdict(rest);
+        match (verdict, decode(&mut buf)) {
+            (Verdict::NeedMore, Ok(None)) => {
+                prop_assert_eq!(buf.len(), rest.len(), "an incomplete frame consumed bytes");
+                return Ok(frames);
+            }
+            (Verdict::Violation, Err(_)) => return Ok(frames),
+            (Verdict::Frame(len), Ok(Some(frame))) => {
+                prop_assert_eq!(rest.len() - buf.len(), len, "consumed the wrong number of bytes");
+                prop_assert!(frame.to_bytes()[..] == rest[..len], "{} re-encodes differently", frame.name());
+                at += len;
+                frames += 1;
+            }
+            (verdict, got) => {
+                let got = got.map(|f| f.map(|f| f.name()));
+                let head = &rest[..rest.len().min(48)];
+                prop_assert!(
+                    false,
+                    "at offset {at} the spec says {verdict:?}, decode gives {got:?}; bytes {head:02x?}…"
+                );
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -509,23 +589,194 @@ proptest! {
 
     #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
-        let mut buf = BytesMut::from(&bytes[..]);
-        while let Ok(Some(_)) = decode(&mut buf) {}
+        decode_like_the_spec(&bytes)?;
     }
 
     #[test]
     fn typed_frames_with_random_bodies_never_panic(kind in 0u8..12, body in proptest::collection::vec(any::<u8>(), 0..120)) {
-        let mut bytes = ((body.len() + 1) as u32).to_be_bytes().to_vec();
-        bytes.push(kind);
-        bytes.extend_from_slice(&body);
-        let mut buf = BytesMut::from(&bytes[..]);
-        if let Ok(Some(frame)) = decode(&mut buf) {
-            prop_assert_eq!(&frame.to_bytes()[..], &bytes[..]);
-        }
+        let bytes = raw_frame(kind, &body);
+        decode_like_the_spec(&bytes)?;
     }
 
     #[test]
     fn manifests_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         let _ = Manifest::parse(&bytes);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Valid frames of every type, built by strategies rather than found by chance.
+
+fn arb_hash() -> impl Strategy<Value = Hash> {
+    any::<[u8; 32]>().prop_map(Hash)
+}
+
+/// Mostly small lengths, sometimes right at `max` or just under it.
+fn arb_len(max: usize) -> impl Strategy<Value = usize> {
+    prop_oneof![
+        40 => 0..=40usize,
+        40 => 0..=2048usize,
+        3 => max - 40..=max,
+        3 => Just(max),
+    ]
+}
+
+/// `len` deterministic bytes: cheap even at 1 MiB, and small to shrink.
+fn arb_bytes(max: usize) -> impl Strategy<Value = Bytes> {
+    (arb_len(max), any::<u64>()).prop_map(|(len, seed)| Bytes::from(common::data(len, seed)))
+}
+
+/// Peers the way a decoder hands them out: IPv4 (which travels IPv4-mapped)
+/// or an IPv6 address that is not IPv4-mapped, with no flow info or scope.
+fn arb_peer() -> impl Strategy<Value = SocketAddr> {
+    let v6 = prop_oneof![
+        4 => any::<[u8; 16]>().prop_map(Ipv6Addr::from),
+        1 => prop::sample::select(vec![
+            Ipv6Addr::UNSPECIFIED,
+            Ipv6Addr::LOCALHOST,
+            "::1.2.3.4".parse().unwrap(),         // IPv4-compatible: stays IPv6
+            "64:ff9b::1.2.3.4".parse().unwrap(),  // NAT64: stays IPv6
+            "::fffe:1.2.3.4".parse().unwrap(),
+            "fe80::1".parse().unwrap(),
+            "ff02::1".parse().unwrap(),
+        ]),
+    ]
+    .prop_filter("IPv4-mapped addresses decode as IPv4", |ip| ip.to_ipv4_mapped().is_none())
+    .prop_map(IpAddr::V6);
+    let v4 = any::<[u8; 4]>().prop_map(|ip| IpAddr::V4(Ipv4Addr::from(ip)));
+    (prop_oneof![v6, v4], any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(ip, port))
+}
+
+/// Characters of 1 to 4 bytes of UTF-8, controls included.
+fn arb_char() -> impl Strategy<Value = char> {
+    prop_oneof![
+        6 => proptest::char::range('a', 'z'),
+        2 => prop::sample::select(vec!['é', 'ß', '€', '中', '😀', '\u{10FFFF}', '\u{FEFF}']),
+        1 => proptest::char::range('\0', '\u{9f}'),
+        2 => any::<char>(),
+    ]
+}
+
+/// A string of at most `max` bytes of UTF-8, often exactly `max`.
+fn arb_text(max: usize) -> impl Strategy<Value = String> {
+    let target = prop_oneof![2 => 0..=max, 1 => Just(max)];
+    (target, vec(arb_char(), 0..=max)).prop_map(|(target, chars)| {
+        let mut s = String::new();
+        for c in chars.into_iter().chain(std::iter::repeat('x')) {
+            if s.len() == target {
+                break;
+            }
+            if s.len() + c.len_utf8() <= target {
+                s.push(c);
+            }
+        }
+        s
+    })
+}
+
+/// A legal frame of any type, as `decode` returns it.
+fn arb_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        Just(Frame::KeepAlive),
+        arb_hash().prop_map(Frame::Ask),
+        (arb_hash(), arb_bytes(SPEC_MAX_BLOB)).prop_map(|(hash, data)| Frame::Give { hash, data }),
+        prop_oneof![3 => vec(arb_peer(), 0..=SPEC_MAX_PEERS), 1 => vec(arb_peer(), SPEC_MAX_PEERS)]
+            .prop_map(Frame::Peers),
+        (any::<[u8; 32]>(), any::<u16>())
+            .prop_map(|(id, listen_port)| Frame::Hello(Hello { node_id: NodeId(id), listen_port })),
+        arb_hash().prop_map(Frame::DontHave),
+        (arb_hash(), arb_bytes(SPEC_MAX_BLOB)).prop_map(|(root, bits)| Frame::Bitfield { root, bits }),
+        (arb_hash(), any::<u32>()).prop_map(|(root, index)| Frame::Have { root, index }),
+        (any::<u8>(), arb_text(SPEC_MAX_REASON)).prop_map(|(code, reason)| Frame::Reject { code, reason }),
+        arb_hash().prop_map(Frame::Cancel),
+        (9u8..=255, arb_bytes(SPEC_MAX_L - 1)).prop_map(|(kind, body)| Frame::Unknown { kind, body }),
+    ]
+}
+
+/// Where to cut a frame of `len` bytes: everywhere if it is small, else the
+/// first bytes, the last and a sample in between.
+fn cuts(len: usize, sample: &[Index]) -> Vec<usize> {
+    if len <= 300 {
+        return (0..len).collect();
+    }
+    let mut at: Vec<usize> = (0..=40).chain([len - 1, len - 2]).collect();
+    at.extend(sample.iter().map(|i| i.index(len)));
+    at
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn valid_frames_round_trip_and_consume_exactly_their_bytes(
+        frame in arb_frame(),
+        tail in vec(any::<u8>(), 0..16),
+    ) {
+        let bytes = frame.to_bytes();
+        let l = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        prop_assert_eq!(l + 4, bytes.len());
+        prop_assert!(l <= SPEC_MAX_L);
+        prop_assert_eq!(spec_verdict(&bytes), Verdict::Frame(bytes.len()), "the encoder wrote an illegal frame");
+        let mut head = BytesMut::new();
+        let data = frame.encode_head(&mut head);
+        if let Some(data) = data {
+            head.extend_from_slice(data);
+        }
+        prop_assert!(head[..] == bytes[..], "encode_head and its data differ from encode");
+
+        let mut buf = BytesMut::from(&bytes[..]);
+        buf.extend_from_slice(&tail);
+        let decoded = decode(&mut buf);
+        prop_assert!(decoded == Ok(Some(frame.clone())), "decoded differently: {:?}", decoded.map(|f| f.map(|f| f.name())));
+        prop_assert_eq!(&buf[..], &tail[..], "consumed more or less than the frame");
+        prop_assert_eq!(frame_size(&bytes), Ok(Some(bytes.len())));
+    }
+
+    #[test]
+    fn every_prefix_of_a_valid_frame_waits_for_more_and_consumes_nothing(
+        frame in arb_frame(),
+        sample in vec(any::<Index>(), 16),
+    ) {
+        let bytes = frame.to_bytes();
+        for cut in cuts(bytes.len(), &sample) {
+            let mut buf = BytesMut::from(&bytes[..cut]);
+            prop_assert_eq!(decode(&mut buf), Ok(None), "{} cut at {} of {}", frame.name(), cut, bytes.len());
+            prop_assert_eq!(buf.len(), cut, "a prefix consumed bytes");
+        }
+    }
+
+    #[test]
+    fn ipv4_peers_travel_ipv4_mapped_and_come_back_as_ipv4(ip in any::<[u8; 4]>(), port in any::<u16>()) {
+        let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port);
+        let mapped = SocketAddr::new(IpAddr::V6(Ipv4Addr::from(ip).to_ipv6_mapped()), port);
+        let bytes = Frame::Peers(vec![v4]).to_bytes();
+        let mut entry = [0u8; 18];
+        entry[10..12].copy_from_slice(&[0xff, 0xff]);
+        entry[12..16].copy_from_slice(&ip);
+        entry[16..].copy_from_slice(&port.to_be_bytes());
+        prop_assert_eq!(&bytes[..], &raw_frame(2, &entry)[..]);
+        prop_assert_eq!(&Frame::Peers(vec![mapped]).to_bytes()[..], &bytes[..]);
+        prop_assert_eq!(decode_all(&bytes), Ok(Some((Frame::Peers(vec![v4]), bytes.len()))));
+    }
+
+    #[test]
+    fn frame_reject_keeps_the_longest_prefix_of_at_most_200_bytes(
+        reason in prop_oneof![arb_text(400), any::<String>()],
+        code in 1u8..=6,
+    ) {
+        let want: String = {
+            let mut s = String::new();
+            for c in reason.chars() {
+                if s.len() + c.len_utf8() > SPEC_MAX_REASON {
+                    break;
+                }
+                s.push(c);
+            }
+            s
+        };
+        let frame = Frame::reject(RejectCode::from_u8(code).unwrap(), reason.clone());
+        prop_assert_eq!(&frame, &Frame::Reject { code, reason: want });
+        let bytes = frame.to_bytes();
+        prop_assert_eq!(spec_verdict(&bytes), Verdict::Frame(bytes.len()));
     }
 }
