@@ -780,3 +780,198 @@ proptest! {
         prop_assert_eq!(spec_verdict(&bytes), Verdict::Frame(bytes.len()));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Valid frames with one field broken.
+
+/// One change to a valid encoding.
+#[derive(Debug, Clone)]
+enum Mutation {
+    /// The length prefix plus `k` (wrapping), the bytes as they are.
+    Length(i64),
+    /// Another type byte.
+    Kind(u8),
+    /// The last `n` bytes of the frame dropped, the prefix following.
+    CutBody(usize),
+    /// Bytes added to the body, the prefix following.
+    GrowBody(Vec<u8>),
+    /// The stream truncated: the frame's last `n` bytes missing, the prefix unchanged.
+    Truncate(usize),
+    /// Bytes after the frame (the start of a next frame, or garbage).
+    Trailing(Vec<u8>),
+    /// One byte anywhere XORed with a non-zero mask.
+    Flip(Index, u8),
+}
+
+fn arb_mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        3 => prop_oneof![-40i64..=40, any::<u32>().prop_map(i64::from)].prop_map(Mutation::Length),
+        2 => any::<u8>().prop_map(Mutation::Kind),
+        2 => (1usize..=40).prop_map(Mutation::CutBody),
+        2 => vec(any::<u8>(), 1..40).prop_map(Mutation::GrowBody),
+        1 => (1usize..=40).prop_map(Mutation::Truncate),
+        1 => vec(any::<u8>(), 1..40).prop_map(Mutation::Trailing),
+        3 => (any::<Index>(), 1u8..=255).prop_map(|(at, mask)| Mutation::Flip(at, mask)),
+    ]
+}
+
+fn set_len(bytes: &mut [u8], l: usize) {
+    bytes[..4].copy_from_slice(&(l as u32).to_be_bytes());
+}
+
+fn mutate(frame: &Frame, m: &Mutation) -> Vec<u8> {
+    let mut b = frame.to_bytes().to_vec();
+    match m {
+        Mutation::Length(k) => {
+            let l = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+            b[..4].copy_from_slice(&(l as i64).wrapping_add(*k).to_be_bytes()[4..]);
+        }
+        Mutation::Kind(kind) if b.len() > 4 => b[4] = *kind,
+        Mutation::Kind(kind) => {
+            b.push(*kind);
+            set_len(&mut b, 1);
+        }
+        Mutation::CutBody(n) => {
+            b.truncate(b.len().saturating_sub(*n).max(4));
+            let l = b.len() - 4;
+            set_len(&mut b, l);
+        }
+        Mutation::GrowBody(extra) => {
+            b.extend_from_slice(extra);
+            let l = b.len() - 4;
+            set_len(&mut b, l);
+        }
+        Mutation::Truncate(n) => b.truncate(b.len().saturating_sub(*n)),
+        Mutation::Trailing(extra) => b.extend_from_slice(extra),
+        Mutation::Flip(at, mask) => {
+            let i = at.index(b.len());
+            b[i] ^= mask;
+        }
+    }
+    b
+}
+
+/// Frames that the documented rules refuse, each built by breaking one field
+/// of a valid frame of that type.
+#[derive(Debug, Clone)]
+enum Broken {
+    /// A HELLO with one byte of its magic (0..3) or its version (3) changed.
+    HelloHead(Hello, usize, u8),
+    /// PEERS of 51 or more entries.
+    TooManyPeers(Vec<SocketAddr>),
+    /// PEERS whose body is not a multiple of 18 bytes.
+    RaggedPeers(Vec<SocketAddr>, Vec<u8>),
+    /// A REJECT reason of more than 200 bytes (valid UTF-8).
+    LongReason(u8, String),
+    /// A REJECT reason with a sequence that is not UTF-8 spliced in at a char boundary.
+    NotUtf8(u8, String, Index, Vec<u8>),
+    /// ASK, DONT_HAVE, CANCEL, HAVE, HELLO with one byte too few or too many,
+    /// or GIVE and BITFIELD with fewer than 32 bytes.
+    WrongSize(u8, usize),
+}
+
+fn arb_broken() -> impl Strategy<Value = Broken> {
+    let hello =
+        (any::<[u8; 32]>(), any::<u16>()).prop_map(|(id, listen_port)| Hello { node_id: NodeId(id), listen_port });
+    let not_utf8 = prop::sample::select(vec![
+        vec![0xff],
+        vec![0xfe],
+        vec![0x80],
+        vec![0xbf],
+        vec![0xc3],
+        vec![0xe2, 0x82],
+        vec![0xf0, 0x9f, 0x98],
+        vec![0xc0, 0x80],
+        vec![0xc1, 0xbf],
+        vec![0xe0, 0x80, 0x80],
+        vec![0xed, 0xa0, 0x80],
+        vec![0xed, 0xbf, 0xbf],
+        vec![0xf4, 0x90, 0x80, 0x80],
+        vec![0xf8, 0x88, 0x80, 0x80, 0x80],
+    ]);
+    let sizes = prop::sample::select(vec![
+        (0, 31),
+        (0, 33),
+        (0, 0),
+        (4, 31),
+        (4, 33),
+        (8, 31),
+        (8, 33),
+        (6, 35),
+        (6, 37),
+        (6, 32),
+        (3, 37),
+        (3, 39),
+        (3, 0),
+        (1, 31),
+        (1, 0),
+        (5, 31),
+        (5, 0),
+    ]);
+    prop_oneof![
+        (hello, 0usize..4, 1u8..=255).prop_map(|(h, at, mask)| Broken::HelloHead(h, at, mask)),
+        vec(arb_peer(), SPEC_MAX_PEERS + 1..=SPEC_MAX_PEERS + 10).prop_map(Broken::TooManyPeers),
+        (vec(arb_peer(), 0..=SPEC_MAX_PEERS), vec(any::<u8>(), 1..18)).prop_map(|(p, e)| Broken::RaggedPeers(p, e)),
+        (any::<u8>(), arb_text(SPEC_MAX_REASON), vec(arb_char(), 1..=SPEC_MAX_REASON)).prop_map(
+            |(code, mut reason, more)| {
+                for c in more.into_iter().chain(std::iter::repeat('y')) {
+                    if reason.len() > SPEC_MAX_REASON {
+                        break;
+                    }
+                    reason.push(c);
+                }
+                Broken::LongReason(code, reason)
+            }
+        ),
+        (any::<u8>(), arb_text(SPEC_MAX_REASON - 5), any::<Index>(), not_utf8)
+            .prop_map(|(code, reason, at, bad)| Broken::NotUtf8(code, reason, at, bad)),
+        sizes.prop_map(|(kind, len)| Broken::WrongSize(kind, len)),
+    ]
+}
+
+fn break_frame(b: &Broken) -> Vec<u8> {
+    match b {
+        Broken::HelloHead(hello, at, mask) => {
+            let mut v = Frame::Hello(*hello).to_bytes().to_vec();
+            v[5 + at] ^= mask;
+            v
+        }
+        Broken::TooManyPeers(peers) => Frame::Peers(peers.clone()).to_bytes().to_vec(),
+        Broken::RaggedPeers(peers, extra) => {
+            let v = Frame::Peers(peers.clone()).to_bytes();
+            raw_frame(2, &[&v[5..], &extra[..]].concat())
+        }
+        Broken::LongReason(code, reason) => Frame::Reject { code: *code, reason: reason.clone() }.to_bytes().to_vec(),
+        Broken::NotUtf8(code, reason, at, bad) => {
+            let mut i = at.index(reason.len() + 1);
+            while !reason.is_char_boundary(i) {
+                i -= 1;
+            }
+            let mut body = vec![*code];
+            body.extend_from_slice(reason[..i].as_bytes());
+            body.extend_from_slice(bad);
+            body.extend_from_slice(reason[i..].as_bytes());
+            raw_frame(7, &body)
+        }
+        Broken::WrongSize(kind, len) => raw_frame(*kind, &common::data(*len, *len as u64)),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// Decoding never panics; whatever it does agrees with docs/PROTOCOL.md
+    /// (an accepted frame re-encodes to exactly the bytes it consumed).
+    #[test]
+    fn mutated_valid_frames_are_decoded_as_the_spec_says(frame in arb_frame(), mutation in arb_mutation()) {
+        decode_like_the_spec(&mutate(&frame, &mutation))?;
+    }
+
+    #[test]
+    fn frames_with_a_field_broken_past_its_rule_are_refused(broken in arb_broken()) {
+        let bytes = break_frame(&broken);
+        prop_assert_eq!(spec_verdict(&bytes), Verdict::Violation, "the test built a legal frame");
+        prop_assert!(decode_all(&bytes).is_err(), "accepted");
+        decode_like_the_spec(&bytes)?;
+    }
+}
