@@ -968,6 +968,10 @@ proptest! {
     fn mutated_valid_frames_are_decoded_as_the_spec_says(frame in arb_frame(), mutation in arb_mutation()) {
         decode_like_the_spec(&mutate(&frame, &mutation))?;
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
     #[test]
     fn frames_with_a_field_broken_past_its_rule_are_refused(broken in arb_broken()) {
@@ -1269,7 +1273,7 @@ fn mutate_manifest(m: &ManifestFields, mutation: &ManifestMutation) -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
 
     /// `Manifest::parse` never panics, accepts exactly what section 5 accepts,
     /// refuses for the first reason section 5 lists, and an accepted manifest
@@ -1295,6 +1299,10 @@ proptest! {
             (spec, got) => prop_assert!(false, "spec: {:?}, parse: {:?}", spec.map(|m| m.0), got.map(|m| m.name)),
         }
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_bytes_after_a_valid_manifest_header_parse_as_the_spec_says(
