@@ -1,13 +1,23 @@
 //! Framed I/O over one TCP connection: whole frames in, whole frames out.
-//! Knows the frame layout, not what messages mean.
+//! Knows the frame layout, not what messages mean. A GIVE whose data lies in
+//! a mapped file is written by the kernel straight from the mapping
+//! ([`FrameWriter::write_give`]), never read by pex itself.
 
+use crate::hash::Hash;
+use crate::mapping::Body;
 use crate::ratelimit::RateLimiter;
 use crate::wire::{self, Frame, FrameError};
 use bytes::BytesMut;
 use std::io::{self, IoSlice};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+
+/// Send and receive buffer size asked of the kernel for every socket: large
+/// enough to keep a fast link full while the other side hashes.
+pub const SOCKET_BUFFER: u32 = 4 << 20;
 
 /// How much the read buffer grows by at a time while a large frame arrives,
 /// so a peer that announces 1 MiB and stalls costs little memory.
@@ -156,13 +166,103 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// Flushes and closes the sending direction.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.inner.shutdown().await
+    }
+
     /// The underlying sink, for writing raw bytes (tests, fuzzing peers).
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
     }
+}
 
-    /// Flushes and closes the sending direction.
-    pub async fn shutdown(&mut self) -> io::Result<()> {
-        self.inner.shutdown().await
+impl<W: AsyncWrite + Unpin + AsRef<TcpStream>> FrameWriter<W> {
+    /// Writes a GIVE of `body` with `sendmsg`, the kernel reading the data from
+    /// where it lies (a mapped file, see [`crate::mapping`]): a page that
+    /// vanished because the file was truncated fails the write with `EFAULT`
+    /// instead of raising SIGBUS. Paced by `limiter` in small chunks when there
+    /// is one; fails with `TimedOut` when the socket accepts nothing for `stall`.
+    pub async fn write_give(
+        &mut self,
+        hash: &Hash,
+        body: &Body,
+        limiter: Option<&RateLimiter>,
+        stall: Option<std::time::Duration>,
+    ) -> io::Result<()> {
+        self.head.clear();
+        Frame::encode_give_head(&mut self.head, hash, body.len());
+        let body = body.iovec();
+        // Addresses as integers: the vectors are rebuilt for each system call, so
+        // nothing that is not `Send` lives across an await.
+        let parts = [(self.head.as_ptr() as usize, self.head.len()), (body.iov_base as usize, body.iov_len)];
+        let total = self.head.len() + body.iov_len;
+        let stream: &TcpStream = self.inner.as_ref();
+        let mut sent = 0;
+        while sent < total {
+            let end = match limiter {
+                Some(l) => {
+                    let n = l.chunk().min(total - sent);
+                    l.acquire(n).await;
+                    sent + n
+                }
+                None => total,
+            };
+            while sent < end {
+                let n = bounded(stall, send_raw(stream, window(&parts, sent, end))).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                sent += n;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The bytes `from..to` of the concatenation of `parts` (address, length).
+fn window(parts: &[(usize, usize); 2], from: usize, to: usize) -> [(usize, usize); 2] {
+    let mut out = [(0, 0); 2];
+    let mut base = 0;
+    for (i, &(addr, len)) in parts.iter().enumerate() {
+        let (start, end) = (from.max(base), to.min(base + len));
+        if start < end {
+            out[i] = (addr + (start - base), end - start);
+        }
+        base += len;
+    }
+    out
+}
+
+/// One `sendmsg` of the non-empty `parts` on a non-blocking socket, waiting for it to be writable.
+async fn send_raw(stream: &TcpStream, parts: [(usize, usize); 2]) -> io::Result<usize> {
+    loop {
+        stream.writable().await?;
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            let mut iovs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2];
+            let mut count = 0;
+            for &(addr, len) in parts.iter().filter(|p| p.1 > 0) {
+                iovs[count] = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: len };
+                count += 1;
+            }
+            // SAFETY: msghdr is plain data, zeroed is a valid empty header.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = iovs.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = count as _;
+            // SAFETY: the vectors point at live memory: the writer's head buffer and a
+            // blob body that the caller keeps alive across this call. The kernel only
+            // reads them, and reports an unmapped page as EFAULT. MSG_NOSIGNAL: a
+            // closed peer is an EPIPE error, not a signal.
+            let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match sent {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
     }
 }

@@ -4,25 +4,36 @@
 //! and its own SHA-256, the root hash, names the file. Nodes exchange blobs over
 //! TCP with the v1 wire protocol (see docs/PROTOCOL.md).
 //!
-//! Layers, bottom up: [`wire`] (frame codec, pure), [`connection`] (framed I/O),
-//! [`peer`] (one connection's tasks), [`node`] (listener, registry, peer
-//! exchange, shutdown), [`fetch`] (download engine) with [`picker`] (pure piece
-//! choice), and [`store`]/[`datadir`] for pieces on disk and persistent records.
+//! Layers, bottom up (each imports only those before it):
+//! - formats, pure: [`hash`], [`wire`] (frame codec), [`manifest`],
+//!   [`bitfield`], [`picker`] (piece choice), [`text`] (showing untrusted text),
+//!   [`timeouts`], [`ratelimit`], [`peers`] (the known-address table);
+//! - storage: [`mapping`] (the only code that touches mapped memory),
+//!   [`store`] (served files and `.part` files), [`datadir`] (records);
+//! - [`connection`]: framed I/O over a socket;
+//! - [`peer`]: one connection, talking to its owner through a trait;
+//! - [`fetch`]: the download engine, talking to the swarm through a trait;
+//! - [`node`]: listener, registry, peer exchange, bans, shutdown;
+//! - the `pex` binary (CLI) on top.
 
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod bitfield;
 pub mod connection;
 pub mod datadir;
 pub mod fetch;
 pub mod hash;
 pub mod manifest;
+pub mod mapping;
 pub mod node;
 pub mod peer;
 pub mod peers;
 pub mod picker;
 pub mod ratelimit;
 pub mod store;
+pub mod text;
+pub mod timeouts;
 pub mod wire;
 
 /// Locks a mutex, taking the data even if another thread panicked while holding
@@ -34,4 +45,5 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub use fetch::{FetchError, FetchOptions, FetchOutcome, Progress};
 pub use hash::{Hash, NodeId};
-pub use node::{Config, Node, NodeStats, Timeouts};
+pub use node::{Config, Node, NodeStats};
+pub use timeouts::Timeouts;

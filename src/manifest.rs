@@ -125,17 +125,17 @@ impl Manifest {
         Self::pieces_for(self.size)
     }
 
-    /// Length of piece `index` (the last one may be short).
+    /// Length of piece `index` (the last one may be short; 0 past the end).
     pub fn piece_len(&self, index: u64) -> usize {
-        let start = index * PIECE_SIZE;
-        (self.size - start).min(PIECE_SIZE) as usize
+        let start = index.saturating_mul(PIECE_SIZE);
+        self.size.saturating_sub(start).min(PIECE_SIZE) as usize
     }
 
-    /// Number of piece hashes list `index` must hold.
+    /// Number of piece hashes list `index` must hold (0 past the last list).
     pub fn list_len(&self, index: usize) -> usize {
         let pieces = self.piece_count();
-        let before = index as u64 * HASHES_PER_LIST;
-        (pieces - before).min(HASHES_PER_LIST) as usize
+        let before = (index as u64).saturating_mul(HASHES_PER_LIST);
+        pieces.saturating_sub(before).min(HASHES_PER_LIST) as usize
     }
 
     /// The manifest blob; its SHA-256 is the root hash.
@@ -200,7 +200,7 @@ impl Manifest {
     /// Parses hash list `index` of this manifest into piece hashes.
     pub fn parse_list(&self, index: usize, blob: &[u8]) -> Result<Vec<Hash>, ManifestError> {
         let expected = self.list_len(index) * Hash::LEN;
-        if blob.len() != expected {
+        if index >= self.lists.len() || blob.len() != expected {
             return Err(ManifestError::BadList { index, len: blob.len(), expected });
         }
         Ok(blob.chunks_exact(Hash::LEN).filter_map(Hash::from_slice).collect())
@@ -242,12 +242,12 @@ impl FileInfo {
     /// Rebuilds from a verified manifest blob and its verified hash lists.
     pub fn from_parts(manifest_blob: Bytes, lists: Vec<Bytes>) -> Result<FileInfo, ManifestError> {
         let manifest = Manifest::parse(&manifest_blob)?;
+        if lists.len() != manifest.lists.len() {
+            return Err(ManifestError::Truncated);
+        }
         let mut pieces = Vec::with_capacity(manifest.piece_count() as usize);
         for (i, list) in lists.iter().enumerate() {
             pieces.extend(manifest.parse_list(i, list)?);
-        }
-        if lists.len() != manifest.lists.len() {
-            return Err(ManifestError::Truncated);
         }
         Ok(FileInfo { root: Hash::of(&manifest_blob), manifest, manifest_blob, lists, pieces })
     }

@@ -4,20 +4,50 @@
 //! Only verified addresses (this node completed a HELLO there itself) are ever
 //! shared, so nobody can use pex to make a swarm dial a third party. The table
 //! is bounded; unverified, failing and stale entries are evicted first.
+//!
+//! Every failed dial and every connection that ends badly (a protocol
+//! violation, a REJECT, a close soon after the handshake) pushes the next dial
+//! of that address back exponentially, so a peer that misbehaves right after
+//! the handshake is not redialled in a tight loop. Addresses that can never be
+//! a peer (unspecified, multicast, broadcast, port 0, and their IPv4-mapped
+//! forms) never enter the table.
 
 use crate::hash::NodeId;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Most addresses kept.
 pub const MAX_KNOWN_PEERS: usize = 2000;
-/// First retry delay after a failed dial; doubles per failure.
-const BACKOFF_START: Duration = Duration::from_millis(250);
+/// Retry delay after the first failure; doubles per failure since the last good connection.
+pub const BACKOFF_START: Duration = Duration::from_millis(500);
 /// Failed dials after which a learned, never-verified address is forgotten.
 const MAX_FAILURES: u32 = 4;
 /// Longest retry delay.
-const BACKOFF_MAX: Duration = Duration::from_secs(8);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+/// Why `addr` can never be a peer, or `None` if it may be dialled:
+/// unspecified, multicast and broadcast addresses, port 0, and the
+/// IPv4-mapped IPv6 forms of these.
+pub fn undialable(addr: &SocketAddr) -> Option<&'static str> {
+    if addr.port() == 0 {
+        return Some("port 0");
+    }
+    let ip = match addr.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    if ip.is_unspecified() {
+        return Some("an unspecified address");
+    }
+    if ip.is_multicast() {
+        return Some("a multicast address");
+    }
+    if ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+        return Some("the broadcast address");
+    }
+    None
+}
 
 /// What the node knows of one address.
 #[derive(Clone, Debug)]
@@ -72,6 +102,9 @@ impl PeerTable {
     }
 
     fn insert(&mut self, addr: SocketAddr, pinned: bool, may_evict: bool) {
+        if undialable(&addr).is_some() {
+            return;
+        }
         let now = Instant::now();
         if let Some(e) = self.entries.get_mut(&addr) {
             e.pinned |= pinned;
@@ -98,18 +131,31 @@ impl PeerTable {
 
     /// A HELLO completed with `id` at `addr`, which this node dialled.
     /// Returns true the first time the address is verified (worth telling peers at once).
+    /// The back-off is not reset here: only a connection that ends well does that.
     pub fn verified(&mut self, addr: SocketAddr, id: NodeId) -> bool {
         self.insert(addr, false, true);
         let Some(e) = self.entries.get_mut(&addr) else { return false };
         let new = !e.verified;
-        {
-            e.verified = true;
-            e.node_id = Some(id);
-            e.failures = 0;
-            e.last_error = None;
-            e.last_seen = Some(Instant::now());
-        }
+        e.verified = true;
+        e.node_id = Some(id);
+        e.last_error = None;
+        e.last_seen = Some(Instant::now());
         new
+    }
+
+    /// A connection with the node at `addr` ended: well (it may be dialled
+    /// again at once and its back-off is forgotten) or badly (`why`: the next
+    /// dial waits as after a failed one).
+    pub fn ended(&mut self, addr: SocketAddr, why: Option<String>) {
+        match why {
+            Some(why) => self.failed(addr, why),
+            None => {
+                if let Some(e) = self.entries.get_mut(&addr) {
+                    e.failures = 0;
+                    e.next_try = Instant::now();
+                }
+            }
+        }
     }
 
     /// `addr` answered with our own node id.
@@ -125,7 +171,7 @@ impl PeerTable {
     pub fn failed(&mut self, addr: SocketAddr, error: String) {
         if let Some(e) = self.entries.get_mut(&addr) {
             e.failures = e.failures.saturating_add(1);
-            let backoff = BACKOFF_START.saturating_mul(1 << e.failures.min(6)).min(BACKOFF_MAX);
+            let backoff = BACKOFF_START.saturating_mul(1 << (e.failures - 1).min(16)).min(BACKOFF_MAX);
             let jitter = backoff.mul_f64(fastrand::f64() * 0.25);
             e.next_try = Instant::now() + backoff + jitter;
             e.last_error = Some(error);
@@ -193,8 +239,51 @@ impl PeerTable {
 mod tests {
     use super::*;
 
+    #[test]
+    fn addresses_that_can_never_be_peers_are_refused_in_every_form() {
+        for bad in [
+            "[::]:9000",
+            "0.0.0.0:9000",
+            "255.255.255.255:9000",
+            "[::ffff:255.255.255.255]:9000",
+            "[::ffff:0.0.0.0]:9000",
+            "[::ffff:224.0.0.1]:9000",
+            "224.0.0.1:9000",
+            "[ff02::1]:9000",
+            "[::1]:0",
+        ] {
+            let a: SocketAddr = bad.parse().unwrap();
+            assert!(undialable(&a).is_some(), "{bad}");
+            let mut t = PeerTable::default();
+            t.add(a, true);
+            assert!(t.is_empty(), "{bad} entered the table");
+        }
+        for good in ["[::1]:9000", "127.0.0.1:9000", "[::ffff:127.0.0.1]:9000", "[fd00::1]:1"] {
+            assert_eq!(undialable(&good.parse().unwrap()), None, "{good}");
+        }
+    }
+
+    #[test]
+    fn bad_endings_back_off_exponentially_and_a_good_one_resets() {
+        let mut t = PeerTable::default();
+        t.add(addr(1), true);
+        let mut last = Duration::ZERO;
+        for i in 0..8 {
+            t.verified(addr(1), NodeId([1; 32]));
+            t.ended(addr(1), Some("protocol violation".into()));
+            let wait = t.get(&addr(1)).unwrap().next_try.saturating_duration_since(Instant::now());
+            let base = BACKOFF_START.saturating_mul(1 << i).min(BACKOFF_MAX);
+            assert!(wait + Duration::from_millis(50) >= base && wait <= base.mul_f64(1.25), "{i}: {wait:?}");
+            assert!(wait + Duration::from_millis(50) >= last.min(BACKOFF_MAX));
+            last = wait;
+        }
+        t.ended(addr(1), None);
+        assert_eq!(t.get(&addr(1)).unwrap().failures, 0);
+        assert!(t.due(Instant::now(), true).contains(&addr(1)));
+    }
+
     fn addr(i: u32) -> SocketAddr {
-        SocketAddr::new(std::net::Ipv6Addr::from(i as u128).into(), 9000)
+        SocketAddr::new(std::net::Ipv6Addr::from((0xfd00_u128 << 112) | i as u128).into(), 9000)
     }
 
     #[test]

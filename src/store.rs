@@ -12,11 +12,12 @@
 //! Mapped pages are released (`MADV_DONTNEED`) once sent or written, so resident
 //! memory does not grow with the file size.
 
+use crate::bitfield::Bits;
 use crate::hash::Hash;
 use crate::manifest::{FileInfo, PIECE_SIZE};
+use crate::mapping::{Body, MappedRange, Mapping};
 use bitvec::prelude::*;
 use bytes::Bytes;
-use memmap2::{Mmap, MmapOptions, MmapRaw, UncheckedAdvice};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -25,14 +26,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-/// One bit per piece, most significant bit first: the wire order of BITFIELD.
-pub type Bits = BitVec<u8, Msb0>;
-
 /// Errors of the storage layer: always the disk or the file system, never a peer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// An I/O error on a named file.
-    #[error("{path}: {source}")]
+    #[error("{}: {}", .path.display(), crate::text::io_message(.source))]
     Io {
         /// The file involved.
         path: PathBuf,
@@ -40,7 +38,7 @@ pub enum StoreError {
         source: io::Error,
     },
     /// Not enough free space for a download.
-    #[error("not enough disk space for {path}: need {need} bytes, {free} free")]
+    #[error("not enough disk space for {}: need {need} bytes, {free} free", .path.display())]
     NoSpace {
         /// The file to be written.
         path: PathBuf,
@@ -49,66 +47,26 @@ pub enum StoreError {
         /// Bytes available.
         free: u64,
     },
+    /// A piece of the wrong length for its slot, or a slot written twice: a bug in the caller.
+    #[error("{}: piece {index}: {why}", .path.display())]
+    BadWrite {
+        /// The `.part` file.
+        path: PathBuf,
+        /// The piece index.
+        index: u64,
+        /// What was wrong.
+        why: &'static str,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.to_owned(), source }
 }
 
-/// A mapping a served slice can keep alive.
-enum Mapping {
-    ReadOnly(Mmap),
-    Writable(MmapRaw),
-}
-
-impl Mapping {
-    fn ptr(&self) -> *const u8 {
-        match self {
-            Mapping::ReadOnly(m) => m.as_ptr(),
-            Mapping::Writable(m) => m.as_ptr(),
-        }
-    }
-
-    /// Drops the page-table entries for a range: the pages stay in the page cache
-    /// (dirty ones are kept and written back), but no longer count as our memory.
-    fn release(&self, off: usize, len: usize) {
-        // SAFETY: DONTNEED on a shared file mapping only unmaps pages; their
-        // contents remain in the page cache and reappear on the next access.
-        let _ = unsafe {
-            match self {
-                Mapping::ReadOnly(m) => m.unchecked_advise_range(UncheckedAdvice::DontNeed, off, len),
-                Mapping::Writable(m) => m.unchecked_advise_range(UncheckedAdvice::DontNeed, off, len),
-            }
-        };
-    }
-}
-
-/// A range of a mapping handed to the network as `Bytes` without copying.
-struct MapSlice {
-    map: Arc<Mapping>,
-    off: usize,
-    len: usize,
-}
-
-impl AsRef<[u8]> for MapSlice {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: off + len is within the mapping (checked when the slice is made),
-        // and the mapping lives as long as `self.map`. Pieces are only served once
-        // verified and are never written again, so nothing mutates this range.
-        unsafe { std::slice::from_raw_parts(self.map.ptr().add(self.off), self.len) }
-    }
-}
-
-impl Drop for MapSlice {
-    fn drop(&mut self) {
-        self.map.release(self.off, self.len);
-    }
-}
-
 /// A seeded file, identified by its size and modification time when hashed.
 struct Source {
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     map: Option<Arc<Mapping>>,
     size: u64,
     mtime: Option<SystemTime>,
@@ -125,12 +83,17 @@ impl Source {
     }
 }
 
-/// A `.part` file being filled, mapped writable.
+/// A `.part` file being filled, mapped writable. Each piece's slot is written
+/// at most once ([`PartFile::write_piece`] claims it first), and a piece is
+/// served only once held, after its write: no piece is ever written while it
+/// may be read.
 pub struct PartFile {
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     map: Option<Arc<Mapping>>,
     size: u64,
+    /// Slots written (or found verified on disk): never written again.
+    claimed: Mutex<Bits>,
 }
 
 impl PartFile {
@@ -144,13 +107,14 @@ impl PartFile {
             file.set_len(size).map_err(io_err(path))?;
         }
         reserve(&file, path, size)?;
+        let file = Arc::new(file);
         let map = if size == 0 {
             None
         } else {
-            let raw = MmapOptions::new().len(size as usize).map_raw(&file).map_err(io_err(path))?;
-            Some(Arc::new(Mapping::Writable(raw)))
+            Some(Arc::new(Mapping::writable(file.clone(), size as usize).map_err(io_err(path))?))
         };
-        Ok(PartFile { path: path.to_owned(), file, map, size })
+        let pieces = size.div_ceil(PIECE_SIZE) as usize;
+        Ok(PartFile { path: path.to_owned(), file, map, size, claimed: Mutex::new(bitvec![u8, Msb0; 0; pieces]) })
     }
 
     /// Path of the `.part` file.
@@ -158,33 +122,51 @@ impl PartFile {
         &self.path
     }
 
-    /// Copies a verified piece into place through the mapping and releases its pages.
+    /// The length piece `index` must have: 1 MiB, the last one the remainder.
+    pub fn slot_len(&self, index: u64) -> Option<usize> {
+        let off = index.checked_mul(PIECE_SIZE)?;
+        (off < self.size).then(|| (self.size - off).min(PIECE_SIZE) as usize)
+    }
+
+    /// Copies a verified piece into its slot through the mapping and releases its
+    /// pages. Fails if `data` is not exactly the slot's length or the slot was
+    /// written before.
     ///
     /// Measured against positioned writes (`pwrite`) on 1 GiB over [::1]: the
     /// mapping was as fast or faster and used half the memory, because `pwrite`
     /// into fallocated (unwritten) extents converts them per write in the
     /// journal, and without fallocate a full disk would only show at writeback.
-    /// Callers write each piece index at most once and never while it is served.
     pub fn write_piece(&self, index: u64, data: &[u8]) -> Result<(), StoreError> {
-        let off = index * PIECE_SIZE;
-        if off + data.len() as u64 > self.size {
-            return Err(StoreError::Io {
-                path: self.path.clone(),
-                source: io::Error::new(io::ErrorKind::InvalidInput, "piece beyond end of file"),
-            });
+        let bad = |why| StoreError::BadWrite { path: self.path.clone(), index, why };
+        if self.slot_len(index) != Some(data.len()) {
+            return Err(bad("length does not match its slot"));
+        }
+        {
+            let mut claimed = crate::lock(&self.claimed);
+            if claimed[index as usize] {
+                return Err(bad("slot already written"));
+            }
+            claimed.set(index as usize, true);
         }
         let Some(map) = &self.map else { return Ok(()) };
-        let Mapping::Writable(raw) = &**map else { return Ok(()) };
-        // Fault the piece's pages in with one call (Linux 5.14+) instead of one trap
-        // per 4 KiB page during the copy; where unsupported the copy faults as usual.
-        let _ = raw.advise_range(memmap2::Advice::PopulateWrite, off as usize, data.len());
-        // SAFETY: the range is inside the mapping (checked above); no other
-        // thread writes or reads this piece's range until it is marked held.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), raw.as_mut_ptr().add(off as usize), data.len());
+        // SAFETY: the slot was unclaimed and is now claimed by this call alone, so
+        // no other thread writes it; it is served only after it is marked held,
+        // which the store allows only for claimed slots once this write returned.
+        unsafe { map.write((index * PIECE_SIZE) as usize, data) }.map_err(io_err(&self.path))
+    }
+
+    /// Marks pieces found verified on disk (a resume) as written, so they are never written again.
+    fn claim_present(&self, held: &Bits) {
+        let mut claimed = crate::lock(&self.claimed);
+        for i in held.iter_ones() {
+            if i < claimed.len() {
+                claimed.set(i, true);
+            }
         }
-        map.release(off as usize, data.len());
-        Ok(())
+    }
+
+    fn is_claimed(&self, index: usize) -> bool {
+        crate::lock(&self.claimed).get(index).is_some_and(|b| *b)
     }
 
     /// The open `.part`, for positioned reads (re-verifying a resumed download).
@@ -265,7 +247,7 @@ impl FileEntry {
 
     /// Bytes of piece `index`, straight from the mapping, or `None` if not held
     /// or the source changed on disk.
-    fn piece(&self, index: usize) -> Option<Bytes> {
+    fn piece(&self, index: usize) -> Option<Body> {
         if self.stale.load(Ordering::Relaxed) || !self.holds(index) {
             return None;
         }
@@ -284,8 +266,8 @@ impl FileEntry {
         let off = index as u64 * PIECE_SIZE;
         let len = (size - off).min(PIECE_SIZE) as usize;
         match map {
-            Some(map) => Some(Bytes::from_owner(MapSlice { map: map.clone(), off: off as usize, len })),
-            None => Some(Bytes::new()),
+            Some(map) => MappedRange::new(map.clone(), off as usize, len).map(Body::Mapped),
+            None => Some(Body::Memory(Bytes::new())),
         }
     }
 
@@ -327,15 +309,12 @@ impl Store {
         path: &Path,
         mtime: Option<SystemTime>,
     ) -> Result<Arc<FileEntry>, StoreError> {
-        let file = File::open(path).map_err(io_err(path))?;
+        let file = Arc::new(File::open(path).map_err(io_err(path))?);
         let size = info.manifest.size;
         let map = if size == 0 {
             None
         } else {
-            // SAFETY: the mapping is never read by pex code directly, only by the
-            // kernel in writev (see the module docs), so truncation cannot SIGBUS us.
-            let m = unsafe { MmapOptions::new().len(size as usize).map(&file) }.map_err(io_err(path))?;
-            Some(Arc::new(Mapping::ReadOnly(m)))
+            Some(Arc::new(Mapping::read_only(file.clone(), size as usize).map_err(io_err(path))?))
         };
         let pieces = info.pieces.len();
         let source = Source { path: path.to_owned(), file, map, size, mtime };
@@ -356,6 +335,7 @@ impl Store {
 
     /// Serves the manifest and lists of a download, and its pieces as they are verified.
     pub fn add_partial(&self, info: Arc<FileInfo>, part: Arc<PartFile>, held: Bits) -> Arc<FileEntry> {
+        part.claim_present(&held);
         let entry = Arc::new(FileEntry {
             info,
             backing: Backing::Partial(part),
@@ -371,11 +351,20 @@ impl Store {
         entry
     }
 
-    /// Records that a download now holds piece `index`, and serves it.
-    pub fn mark_held(&self, entry: &Arc<FileEntry>, index: usize) {
+    /// Records that a download now holds piece `index`, written into its slot,
+    /// and serves it. False (and nothing served) if the slot was never written.
+    pub fn mark_held(&self, entry: &Arc<FileEntry>, index: usize) -> bool {
+        let written = match &entry.backing {
+            Backing::Partial(part) => part.is_claimed(index),
+            Backing::Source(_) => index < entry.info.pieces.len(),
+        };
+        if !written {
+            return false;
+        }
         crate::lock(&entry.held).set(index, true);
         let mut inner = self.write();
         inner.blobs.entry(entry.info.pieces[index]).or_default().push(BlobSource::Piece(entry.clone(), index));
+        true
     }
 
     /// Adds a small blob kept in memory (a fetched manifest or hash list).
@@ -408,11 +397,12 @@ impl Store {
         self.read().files.keys().copied().collect()
     }
 
-    /// The blob with this hash, if this node can serve it now.
-    pub fn get(&self, hash: &Hash) -> Option<Bytes> {
+    /// The blob with this hash, if this node can serve it now. A piece comes
+    /// as a mapped range that only the kernel reads (see [`crate::mapping`]).
+    pub fn get(&self, hash: &Hash) -> Option<Body> {
         let inner = self.read();
         inner.blobs.get(hash)?.iter().find_map(|s| match s {
-            BlobSource::Memory(b) => Some(b.clone()),
+            BlobSource::Memory(b) => Some(Body::Memory(b.clone())),
             BlobSource::Piece(entry, i) => entry.piece(*i),
         })
     }
@@ -462,10 +452,14 @@ mod tests {
         let mtime = file.metadata().unwrap().modified().ok();
         let store = Store::new();
         store.add_source(info.clone(), &path, mtime).unwrap();
-        assert_eq!(store.get(&info.root).unwrap(), info.manifest_blob);
-        assert_eq!(&store.get(&info.pieces[1]).unwrap()[..], &data[PIECE_SIZE as usize..]);
-        // Truncating the source makes the node stop serving it, without touching the pages.
+        assert_eq!(store.get(&info.root).unwrap().to_vec().unwrap(), info.manifest_blob);
+        assert_eq!(store.get(&info.pieces[1]).unwrap().to_vec().unwrap(), &data[PIECE_SIZE as usize..]);
+        // A piece looked up before the file is truncated only ever reaches the
+        // kernel: copying it out fails cleanly instead of raising SIGBUS.
+        let looked_up = store.get(&info.pieces[0]).unwrap();
         OpenOptions::new().write(true).open(&path).unwrap().set_len(5).unwrap();
+        assert!(looked_up.to_vec().is_err());
+        // Truncating the source makes the node stop serving it, without touching the pages.
         assert!(store.get(&info.pieces[0]).is_none());
         assert!(store.file(&info.root).unwrap().is_stale());
     }
@@ -479,9 +473,12 @@ mod tests {
         let store = Store::new();
         let entry = store.add_partial(info.clone(), part.clone(), bitvec![u8, Msb0; 0; 1]);
         assert!(store.get(&info.pieces[0]).is_none());
+        assert!(!store.mark_held(&entry, 0), "an unwritten slot is never served");
+        assert!(part.write_piece(0, &data[..999]).is_err(), "a short piece does not fit its slot");
         part.write_piece(0, &data).unwrap();
-        store.mark_held(&entry, 0);
-        assert_eq!(&store.get(&info.pieces[0]).unwrap()[..], &data[..]);
+        assert!(part.write_piece(0, &data).is_err(), "a slot is written once");
+        assert!(store.mark_held(&entry, 0));
+        assert_eq!(store.get(&info.pieces[0]).unwrap().to_vec().unwrap(), data);
         part.sync().unwrap();
         let mut f = File::open(dir.path().join("p.part")).unwrap();
         f.flush().unwrap();

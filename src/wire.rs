@@ -202,6 +202,14 @@ impl Frame {
         }
     }
 
+    /// Encodes the head of a GIVE of `len` data bytes (length, type, hash) into
+    /// `dst`, for writers that send the data from elsewhere (a mapped file).
+    pub fn encode_give_head(dst: &mut BytesMut, hash: &Hash, len: usize) {
+        dst.put_u32((1 + Hash::LEN + len) as u32);
+        dst.put_u8(kind::GIVE);
+        dst.put_slice(&hash.0);
+    }
+
     /// Encodes everything but a GIVE's data into `dst` and returns that data,
     /// so a writer can send it from where it lies (one vectored write).
     pub fn encode_head<'a>(&'a self, dst: &mut BytesMut) -> Option<&'a Bytes> {

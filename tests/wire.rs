@@ -566,8 +566,8 @@ fn vectors_mean_what_their_notes_say() {
     let Frame::Bitfield { bits, .. } = get("bitfield") else { panic!() };
     let held: Vec<usize> = (0..10).filter(|i| bits[i / 8] & (0x80 >> (i % 8)) != 0).collect();
     assert_eq!(held, vec![0, 2, 9]);
-    assert!(pex::node::check_bitfield(10, &bits).is_ok());
-    assert!(pex::node::check_bitfield(9, &bits).is_err());
+    assert!(pex::bitfield::check(10, &bits).is_ok());
+    assert!(pex::bitfield::check(9, &bits).is_err());
 }
 
 #[test]

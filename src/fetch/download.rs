@@ -1,0 +1,366 @@
+//! The download actor: its state, the phase it is in, and how it reacts to
+//! peers' events and answers. Choosing what to ask lives in `schedule`, the
+//! `.part` file and records in `output`.
+
+use super::blobs::Blobs;
+use super::output::Output;
+use super::schedule::PeerState;
+use super::{DownloadEvent, Env, FetchError, FetchOptions, FetchOutcome, Progress, PERSIST_INTERVAL};
+use crate::hash::Hash;
+use crate::manifest::{FileInfo, Manifest};
+use crate::peer::{Answer, Route};
+use crate::picker::Picker;
+use crate::store::{FileEntry, StoreError};
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Scheduling tick: time-outs and progress are checked this often.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Where a download is.
+pub(super) enum Phase {
+    /// Asking every peer for the root.
+    Manifest,
+    /// The manifest is accepted and the `.part` open; the hash lists are coming.
+    Lists(Lists),
+    /// Every piece hash is known; pieces are coming.
+    Pieces(Pieces),
+}
+
+/// The hash-list phase.
+pub(super) struct Lists {
+    pub blob: Bytes,
+    pub manifest: Manifest,
+    pub lists: Vec<Option<Bytes>>,
+    pub out: Output,
+    /// Pieces an earlier run recorded as flushed (BITFIELD bytes), to be re-checked.
+    pub claimed: Option<Vec<u8>>,
+}
+
+/// The piece phase.
+pub(super) struct Pieces {
+    pub info: Arc<FileInfo>,
+    pub blobs: Blobs,
+    pub picker: Picker,
+    pub out: Output,
+    pub entry: Arc<FileEntry>,
+    /// Blobs being hashed and written now.
+    pub verifying: HashSet<u32>,
+}
+
+impl Phase {
+    /// The output, once the manifest was accepted.
+    pub fn output(&self) -> Option<&Output> {
+        match self {
+            Phase::Manifest => None,
+            Phase::Lists(l) => Some(&l.out),
+            Phase::Pieces(p) => Some(&p.out),
+        }
+    }
+}
+
+/// The verdict on one GIVE of a piece.
+pub(super) enum Verified {
+    Ok,
+    Mismatch,
+    Failed(StoreError),
+}
+
+/// Times that drive giving up.
+pub(super) struct Clock {
+    pub started: Instant,
+    pub ever_connected: bool,
+    pub last_peer: Instant,
+    pub last_join: Instant,
+    pub last_progress: Instant,
+}
+
+/// One download's whole state.
+pub(super) struct Download {
+    pub env: Env,
+    pub root: Hash,
+    pub opts: FetchOptions,
+    pub progress: watch::Sender<Progress>,
+    /// Where peers deliver answers to this download's ASKs.
+    pub route: Route,
+    pub peers: HashMap<u64, PeerState>,
+    pub phase: Phase,
+    /// BITFIELDs and HAVEs that came before the piece hashes.
+    pub pending_bits: HashMap<u64, Bytes>,
+    pub pending_haves: Vec<(u64, u32)>,
+    pub verifying: JoinSet<(u32, u64, Verified)>,
+    pub rng: fastrand::Rng,
+    pub clock: Clock,
+    pub have_bytes: u64,
+    pub resumed_bytes: u64,
+}
+
+/// Fetches `root` into a verified file, publishing progress on `progress`.
+/// `events` carries what the node learns of peers; peers already connected
+/// should be sent as [`DownloadEvent::PeerJoined`] first.
+pub async fn download(
+    env: Env,
+    root: Hash,
+    opts: FetchOptions,
+    progress: watch::Sender<Progress>,
+    events: mpsc::UnboundedReceiver<DownloadEvent>,
+) -> Result<FetchOutcome, FetchError> {
+    let (route, answers) = mpsc::unbounded_channel();
+    let now = Instant::now();
+    let mut dl = Download {
+        env,
+        root,
+        opts,
+        progress,
+        route,
+        peers: HashMap::new(),
+        phase: Phase::Manifest,
+        pending_bits: HashMap::new(),
+        pending_haves: Vec::new(),
+        verifying: JoinSet::new(),
+        rng: fastrand::Rng::new(),
+        clock: Clock { started: now, ever_connected: false, last_peer: now, last_join: now, last_progress: now },
+        have_bytes: 0,
+        resumed_bytes: 0,
+    };
+    let result = dl.run(events, answers).await;
+    dl.release_asks();
+    if result.is_err() {
+        dl.abandon().await;
+    }
+    result
+}
+
+impl Download {
+    async fn run(
+        &mut self,
+        mut events: mpsc::UnboundedReceiver<DownloadEvent>,
+        mut answers: mpsc::UnboundedReceiver<Answer>,
+    ) -> Result<FetchOutcome, FetchError> {
+        let mut tick = tokio::time::interval(TICK);
+        let shutdown = self.env.shutdown.clone();
+        loop {
+            if let Some(outcome) = self.try_finish().await? {
+                return Ok(outcome);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(FetchError::Interrupted),
+                ev = events.recv() => match ev {
+                    Some(ev) => self.on_event(ev),
+                    None => return Err(FetchError::Interrupted),
+                },
+                Some(answer) = answers.recv() => self.on_answer(answer).await?,
+                Some(done) = self.verifying.join_next(), if !self.verifying.is_empty() => {
+                    let (blob, conn, verdict) = done.map_err(|e| StoreError::Io {
+                        path: Default::default(),
+                        source: std::io::Error::other(e),
+                    })?;
+                    self.on_verified(blob, conn, verdict)?;
+                }
+                _ = tick.tick() => {
+                    self.on_tick()?;
+                    if let Some(out) = self.phase.output() {
+                        if out.persist_due(PERSIST_INTERVAL) {
+                            self.persist(false).await;
+                        }
+                    }
+                }
+            }
+            self.schedule();
+        }
+    }
+
+    fn on_event(&mut self, ev: DownloadEvent) {
+        match ev {
+            DownloadEvent::PeerJoined(conn) => {
+                if conn.is_closed() || self.peers.contains_key(&conn.conn_id) {
+                    return;
+                }
+                self.clock.ever_connected = true;
+                self.clock.last_join = Instant::now();
+                if let Phase::Pieces(p) = &self.phase {
+                    conn.send_bitfield_once(self.root, crate::bitfield::to_bytes(p.entry.held()));
+                }
+                self.peers.insert(conn.conn_id, PeerState::new(conn));
+            }
+            DownloadEvent::PeerLeft(id) => self.drop_peer(id),
+            DownloadEvent::Bitfield { conn, bits } => {
+                if let Some(p) = self.peers.get_mut(&conn) {
+                    // It holds some of the file, so it has the manifest too.
+                    if bits.iter().any(|b| *b != 0) {
+                        p.lacks_root = false;
+                    }
+                }
+                if matches!(self.phase, Phase::Pieces(_)) {
+                    self.apply_bitfield(conn, &bits);
+                } else {
+                    self.pending_bits.insert(conn, bits);
+                }
+            }
+            DownloadEvent::Have { conn, index } => {
+                if let Some(p) = self.peers.get_mut(&conn) {
+                    p.lacks_root = false;
+                }
+                if matches!(self.phase, Phase::Pieces(_)) {
+                    self.apply_have(conn, index);
+                } else {
+                    self.pending_haves.push((conn, index));
+                }
+            }
+        }
+    }
+
+    async fn on_answer(&mut self, answer: Answer) -> Result<(), FetchError> {
+        match answer {
+            Answer::Give { conn, hash, data } => self.on_give(conn, hash, data).await,
+            Answer::DontHave { conn, hash } => {
+                self.on_dont_have(conn, hash);
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_give(&mut self, conn: u64, hash: Hash, data: Bytes) -> Result<(), FetchError> {
+        if let Some(p) = self.peers.get_mut(&conn) {
+            p.answered(&hash, data.len() as u64);
+        }
+        match &mut self.phase {
+            Phase::Manifest if hash == self.root => {
+                if Hash::of(&data) != hash {
+                    return self.misbehaved(conn, "sent a manifest that does not match its hash");
+                }
+                let manifest =
+                    Manifest::parse(&data).map_err(|error| FetchError::BadManifest { root: self.root, error })?;
+                self.accept_manifest(data, manifest).await
+            }
+            Phase::Manifest => Ok(()),
+            Phase::Lists(l) => {
+                let Some(i) = l.manifest.lists.iter().position(|h| *h == hash) else { return Ok(()) };
+                if l.lists[i].is_some() {
+                    return Ok(());
+                }
+                if Hash::of(&data) != hash {
+                    return self.misbehaved(conn, "sent a hash list that does not match its hash");
+                }
+                // Its length must be what the file size implies (checked here).
+                if let Err(error) = l.manifest.parse_list(i, &data) {
+                    return Err(FetchError::BadManifest { root: self.root, error });
+                }
+                l.lists[i] = Some(data);
+                if l.lists.iter().all(Option::is_some) {
+                    self.start_pieces().await?;
+                }
+                Ok(())
+            }
+            Phase::Pieces(p) => {
+                let Some(&b) = p.blobs.by_hash.get(&hash) else { return Ok(()) };
+                if p.picker.is_held(b as usize) {
+                    return Ok(());
+                }
+                if p.verifying.contains(&b) {
+                    p.picker.unrequested(b as usize);
+                    return Ok(());
+                }
+                let want = p.blobs.len_of[b as usize];
+                if data.len() != want {
+                    // The hash may even match: the manifest names a blob that
+                    // cannot fill its slot. Either way the sender lied.
+                    p.picker.unrequested(b as usize);
+                    let piece = p.blobs.pieces_of[b as usize][0];
+                    tracing::warn!(piece, got = data.len(), want, "piece of the wrong length; asking another peer");
+                    self.misbehaved(conn, "sent a piece of the wrong length for its slot")?;
+                    return self.check_obtainable(b, data.len());
+                }
+                p.verifying.insert(b);
+                let part = p.out.part.clone();
+                let pieces = p.blobs.pieces_of[b as usize].clone();
+                self.verifying.spawn_blocking(move || {
+                    if Hash::of(&data) != hash {
+                        return (b, conn, Verified::Mismatch);
+                    }
+                    for p in pieces {
+                        if let Err(e) = part.write_piece(p as u64, &data) {
+                            return (b, conn, Verified::Failed(e));
+                        }
+                    }
+                    (b, conn, Verified::Ok)
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// After a lie about blob `b`: fails the download if no connected peer may
+    /// still hold it.
+    fn check_obtainable(&self, b: u32, got: usize) -> Result<(), FetchError> {
+        let Phase::Pieces(p) = &self.phase else { return Ok(()) };
+        let may_have = self.peers.values().any(|peer| peer.has.as_ref().is_none_or(|h| h[b as usize]));
+        if may_have || p.picker.is_held(b as usize) {
+            return Ok(());
+        }
+        let index = p.blobs.pieces_of[b as usize][0] as u64;
+        let want = p.blobs.len_of[b as usize];
+        Err(FetchError::BadPiece {
+            index,
+            reason: format!("its slot is {want} bytes, a peer sent {got}, and no other connected peer has it"),
+        })
+    }
+
+    /// A peer lied (bad hash or length): count it, ban it, drop it.
+    pub(super) fn misbehaved(&mut self, conn: u64, reason: &str) -> Result<(), FetchError> {
+        self.env.swarm.piece_rejected();
+        if let Some(p) = self.peers.get(&conn) {
+            self.env.swarm.ban(&p.conn, reason);
+        }
+        self.drop_peer(conn);
+        Ok(())
+    }
+
+    fn on_verified(&mut self, b: u32, conn: u64, verdict: Verified) -> Result<(), FetchError> {
+        let Phase::Pieces(p) = &mut self.phase else { return Ok(()) };
+        p.verifying.remove(&b);
+        match verdict {
+            Verified::Failed(e) => Err(e.into()),
+            Verified::Mismatch => {
+                p.picker.unrequested(b as usize);
+                let piece = p.blobs.pieces_of[b as usize][0];
+                tracing::warn!(piece, "piece failed verification; asking another peer");
+                self.misbehaved(conn, "sent a piece that does not match its hash")
+            }
+            Verified::Ok => {
+                if !p.picker.completed(b as usize) {
+                    return Ok(());
+                }
+                let hash = p.blobs.hashes[b as usize];
+                for &i in &p.blobs.pieces_of[b as usize] {
+                    if self.env.store.mark_held(&p.entry, i as usize) {
+                        self.have_bytes += p.info.manifest.piece_len(i as u64) as u64;
+                    }
+                    self.env.swarm.broadcast_have(self.root, i);
+                }
+                for peer in self.peers.values_mut() {
+                    if peer.asked.remove(&hash) {
+                        peer.conn.cancel(hash, &self.route);
+                    }
+                }
+                self.clock.last_progress = Instant::now();
+                p.out.note_progress();
+                self.publish();
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn publish(&self) {
+        let (have, peers) = (self.have_bytes, self.peers.len());
+        self.progress.send_modify(|p| {
+            p.have_bytes = have;
+            p.peers = peers;
+        });
+    }
+}

@@ -1,0 +1,203 @@
+//! Downloading one file from the swarm. One task per download (an actor, see
+//! [`download`]) owns all of its scheduling state and goes through three
+//! phases: the manifest, the hash lists, the pieces. It picks pieces with the
+//! [`Picker`](crate::picker::Picker), verifies each blob (hash and exact
+//! length) on a blocking thread, writes it into the `.part` file, announces it
+//! and serves it onwards.
+//!
+//! The engine knows no node: it reaches the swarm through the [`Swarm`] trait
+//! and hears about peers through [`DownloadEvent`]s and ASK [`Answer`]s.
+//!
+//! [`Answer`]: crate::peer::Answer
+
+mod blobs;
+mod download;
+mod output;
+mod schedule;
+
+pub use download::download;
+pub use output::part_path;
+
+use crate::datadir::DataDir;
+use crate::hash::Hash;
+use crate::manifest::{FileInfo, ManifestError};
+use crate::peer::PeerConn;
+use crate::store::{Store, StoreError};
+use crate::timeouts::Timeouts;
+use bytes::Bytes;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Most blobs asked for and not yet verified, across all peers: bounds the
+/// memory held by GIVE data in transit (and by pages mapped while it is
+/// written) to 16 MiB each, whatever the number of peers. 16 ms at 1 GB/s.
+pub const MAX_INFLIGHT: usize = 16;
+/// How often the partial-download state is flushed and recorded while pieces arrive.
+pub const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a download needs from the swarm around it (the node).
+pub trait Swarm: Send + Sync + 'static {
+    /// Every live connection.
+    fn connections(&self) -> Vec<Arc<PeerConn>>;
+    /// The last dial error for an address, if its dials are failing.
+    fn dial_error(&self, addr: &SocketAddr) -> Option<String>;
+    /// Bans a peer that lied (its node id and addresses) and closes it with REJECT(5).
+    fn ban(&self, conn: &PeerConn, reason: &str);
+    /// Tells every peer interested in `root` that piece `index` is now held.
+    fn broadcast_have(&self, root: Hash, index: u32);
+    /// Counts a piece that failed verification.
+    fn piece_rejected(&self);
+}
+
+/// Everything a download runs with.
+#[derive(Clone)]
+pub struct Env {
+    /// The swarm.
+    pub swarm: Arc<dyn Swarm>,
+    /// Where verified pieces are served from.
+    pub store: Arc<Store>,
+    /// Records for resuming, if the node keeps any.
+    pub data_dir: Option<DataDir>,
+    /// Protocol intervals (the ASK time-out).
+    pub timeouts: Timeouts,
+    /// Cancelled when the node stops: the download ends with [`FetchError::Interrupted`].
+    pub shutdown: CancellationToken,
+}
+
+/// What the node tells a download about its peers.
+#[derive(Debug)]
+pub enum DownloadEvent {
+    /// A connection came up.
+    PeerJoined(Arc<PeerConn>),
+    /// A connection closed.
+    PeerLeft(u64),
+    /// The peer's BITFIELD for this file.
+    Bitfield {
+        /// Connection it came on.
+        conn: u64,
+        /// Raw bits.
+        bits: Bytes,
+    },
+    /// The peer completed piece `index`.
+    Have {
+        /// Connection it came on.
+        conn: u64,
+        /// Piece index.
+        index: u32,
+    },
+}
+
+/// How to fetch.
+#[derive(Clone, Debug)]
+pub struct FetchOptions {
+    /// Output path; `None` means the manifest's name in the current directory.
+    pub output: Option<PathBuf>,
+    /// Peers to start from.
+    pub peers: Vec<SocketAddr>,
+    /// How long to keep retrying when no peer could be reached yet (30 s).
+    pub connect_timeout: Duration,
+    /// Give up once no peer has been reachable, or no progress made, for this long (60 s).
+    pub give_up_after: Duration,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            output: None,
+            peers: Vec::new(),
+            connect_timeout: Duration::from_secs(30),
+            give_up_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Progress of a download, published for UIs.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    /// File name, once the manifest arrived.
+    pub name: Option<String>,
+    /// File size, once known.
+    pub total_bytes: u64,
+    /// Verified bytes held.
+    pub have_bytes: u64,
+    /// Bytes that were already in the `.part` file when the download started.
+    pub resumed_bytes: u64,
+    /// Connected peers.
+    pub peers: usize,
+}
+
+/// A finished download.
+#[derive(Clone, Debug)]
+pub struct FetchOutcome {
+    /// Root hash fetched.
+    pub root: Hash,
+    /// Where the file now is.
+    pub path: PathBuf,
+    /// Its size.
+    pub file_bytes: u64,
+    /// Bytes reused from an earlier, interrupted run.
+    pub resumed_bytes: u64,
+    /// The manifest and piece hashes.
+    pub info: Arc<FileInfo>,
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// None of the given peers could be reached.
+    #[error("cannot reach any peer: {0}")]
+    Unreachable(String),
+    /// Every peer reached answered DONT_HAVE for the root.
+    #[error("no peer holds {0}")]
+    NotFound(Hash),
+    /// The output path is taken; pex never overwrites.
+    #[error("{} already exists; remove it or choose another path with -o", .0.display())]
+    OutputExists(PathBuf),
+    /// A `.part` file from some other download is in the way.
+    #[error("{} belongs to another download; remove it or choose another path with -o", .0.display())]
+    ForeignPart(PathBuf),
+    /// The root hash names something that is not a valid manifest.
+    #[error("{root} is not a valid pex manifest: {error}")]
+    BadManifest {
+        /// The root asked for.
+        root: Hash,
+        /// What is wrong.
+        error: ManifestError,
+    },
+    /// A piece that no peer can deliver as the manifest describes it.
+    #[error("piece {index} cannot be fetched: {reason}")]
+    BadPiece {
+        /// The piece.
+        index: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Peers stopped delivering.
+    #[error("{0}")]
+    Stalled(String),
+    /// Disk or file system error.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Data directory error.
+    #[error("data directory: {}", crate::text::io_message(.0))]
+    DataDir(io::Error),
+    /// The node was shut down.
+    #[error("interrupted")]
+    Interrupted,
+    /// Another fetch of this root runs in this node.
+    #[error("{0} is already being fetched")]
+    AlreadyFetching(Hash),
+}
+
+/// Runs blocking work (hashing, fsync, record writes) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, FetchError> + Send + 'static,
+) -> Result<T, FetchError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FetchError::Store(StoreError::Io { path: PathBuf::new(), source: io::Error::other(e) }))?
+}

@@ -1,0 +1,307 @@
+//! Choosing what to ask whom: each peer as this download sees it, the ASK
+//! window per peer, time-outs that move ASKs elsewhere, and giving up.
+
+use super::download::{Download, Phase};
+use super::{FetchError, MAX_INFLIGHT};
+use crate::bitfield;
+use crate::hash::Hash;
+use crate::manifest::PIECE_SIZE;
+use crate::peer::{PeerConn, Route};
+use bitvec::prelude::*;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// ASKs per peer before its rate is known.
+const START_DEPTH: usize = 4;
+/// ASKs per peer at most.
+const MAX_DEPTH: usize = 32;
+/// Each peer gets enough ASKs to cover this much transfer at its measured rate.
+const QUEUE_TIME: f64 = 0.1;
+/// How long to wait for more peers once every connected one lacks the file.
+const NOT_FOUND_GRACE: Duration = Duration::from_secs(3);
+/// A peer that answered DONT_HAVE for the root is asked again after this.
+const REASK_ROOT: Duration = Duration::from_millis(500);
+/// Strikes (time-outs) after which a peer is dropped.
+const MAX_STRIKES: u32 = 2;
+
+/// One connected peer as this download sees it.
+pub(super) struct PeerState {
+    pub conn: Arc<PeerConn>,
+    /// Blobs the peer holds; `None` until it tells us (then it may have anything).
+    pub has: Option<BitVec>,
+    /// Our outstanding ASKs to it.
+    pub asked: HashSet<Hash>,
+    /// Last answer (or when the first ASK went out): time-outs count from here.
+    last_answer: Instant,
+    strikes: u32,
+    /// Bytes seen on the connection at the last tick: a moving frame is progress.
+    seen_bytes: u64,
+    /// It answered DONT_HAVE for the root or a hash list.
+    pub lacks_root: bool,
+    /// Bytes per second, smoothed.
+    rate: f64,
+    window_start: Instant,
+    window_bytes: u64,
+}
+
+impl PeerState {
+    pub fn new(conn: Arc<PeerConn>) -> PeerState {
+        let now = Instant::now();
+        PeerState {
+            conn,
+            has: None,
+            asked: HashSet::new(),
+            last_answer: now,
+            strikes: 0,
+            seen_bytes: 0,
+            lacks_root: false,
+            rate: 0.0,
+            window_start: now,
+            window_bytes: 0,
+        }
+    }
+
+    /// How many ASKs it may have outstanding: 1 while its bitfield is unknown,
+    /// then enough to cover [`QUEUE_TIME`] at its measured rate.
+    fn depth(&self) -> usize {
+        if self.has.is_none() {
+            return 1;
+        }
+        if self.rate == 0.0 {
+            return START_DEPTH;
+        }
+        (2 + (self.rate * QUEUE_TIME / PIECE_SIZE as f64) as usize).min(MAX_DEPTH)
+    }
+
+    /// An answer (GIVE of `bytes`) to the ASK for `hash` arrived.
+    pub fn answered(&mut self, hash: &Hash, bytes: u64) {
+        self.asked.remove(hash);
+        self.last_answer = Instant::now();
+        self.strikes = 0;
+        let now = Instant::now();
+        self.window_bytes += bytes;
+        let elapsed = now.duration_since(self.window_start).as_secs_f64();
+        if elapsed >= 0.1 {
+            let rate = self.window_bytes as f64 / elapsed;
+            self.rate = if self.rate == 0.0 { rate } else { 0.5 * self.rate + 0.5 * rate };
+            self.window_start = now;
+            self.window_bytes = 0;
+        }
+    }
+
+    fn ask(&mut self, hash: Hash, route: &Route, now: Instant) {
+        if self.asked.is_empty() {
+            self.last_answer = now;
+        }
+        self.asked.insert(hash);
+        self.conn.ask(hash, route.clone());
+    }
+}
+
+impl Download {
+    /// Hands out ASKs: the manifest to everyone, lists one peer each, pieces by the picker.
+    pub(super) fn schedule(&mut self) {
+        let now = Instant::now();
+        match &mut self.phase {
+            Phase::Manifest => {
+                for p in self.peers.values_mut() {
+                    // A peer that lacked the root may be fetching it itself: ask again now and then.
+                    if p.lacks_root && now.duration_since(p.last_answer) >= REASK_ROOT {
+                        p.lacks_root = false;
+                    }
+                    if !p.lacks_root && !p.asked.contains(&self.root) {
+                        p.ask(self.root, &self.route, now);
+                    }
+                }
+            }
+            Phase::Lists(l) => {
+                for (i, h) in l.manifest.lists.iter().enumerate() {
+                    if l.lists[i].is_some() || self.peers.values().any(|p| p.asked.contains(h)) {
+                        continue;
+                    }
+                    let best = self.peers.values_mut().filter(|p| !p.lacks_root).min_by_key(|p| p.asked.len());
+                    if let Some(p) = best {
+                        p.ask(*h, &self.route, now);
+                    }
+                }
+            }
+            Phase::Pieces(pc) => {
+                let mut inflight: usize =
+                    self.peers.values().map(|p| p.asked.len()).sum::<usize>() + pc.verifying.len();
+                let mut ids: Vec<u64> = self.peers.keys().copied().collect();
+                self.rng.shuffle(&mut ids);
+                for id in ids {
+                    let Some(p) = self.peers.get_mut(&id) else { continue };
+                    if p.lacks_root && p.has.is_none() {
+                        continue;
+                    }
+                    while p.asked.len() < p.depth() && inflight < MAX_INFLIGHT {
+                        let (blobs, verifying) = (&pc.blobs, &pc.verifying);
+                        let skip = |b: usize| p.asked.contains(&blobs.hashes[b]) || verifying.contains(&(b as u32));
+                        let Some(b) = pc.picker.pick(p.has.as_deref(), skip, &mut self.rng) else { break };
+                        pc.picker.requested(b);
+                        p.ask(blobs.hashes[b], &self.route, now);
+                        inflight += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Time-outs, giving up, and progress.
+    pub(super) fn on_tick(&mut self) -> Result<(), FetchError> {
+        let now = Instant::now();
+        let ask_timeout = self.env.timeouts.ask;
+        let mut dropped = Vec::new();
+        for (id, p) in self.peers.iter_mut() {
+            let seen = p.conn.received.load(Ordering::Relaxed);
+            if seen != p.seen_bytes {
+                p.seen_bytes = seen;
+                p.last_answer = now;
+            }
+            if p.asked.is_empty() || now.duration_since(p.last_answer) < ask_timeout {
+                continue;
+            }
+            p.strikes += 1;
+            tracing::info!(peer = %p.conn.addr, strikes = p.strikes, "ASKs unanswered for {} s; moving them elsewhere", ask_timeout.as_secs());
+            for h in p.asked.drain() {
+                p.conn.cancel(h, &self.route);
+                if let Phase::Pieces(pc) = &mut self.phase {
+                    if let Some(b) = pc.blobs.by_hash.get(&h) {
+                        pc.picker.unrequested(*b as usize);
+                    }
+                }
+            }
+            p.last_answer = now;
+            if p.strikes >= MAX_STRIKES {
+                p.conn.close(None);
+                dropped.push(*id);
+            }
+        }
+        for id in dropped {
+            self.drop_peer(id);
+        }
+        if !self.peers.is_empty() {
+            self.clock.last_peer = now;
+        }
+        let give_up = self.opts.give_up_after;
+        if !self.clock.ever_connected {
+            if now.duration_since(self.clock.started) > self.opts.connect_timeout {
+                let reasons: Vec<String> = self
+                    .opts
+                    .peers
+                    .iter()
+                    .map(|a| format!("{a}: {}", self.env.swarm.dial_error(a).unwrap_or_else(|| "no answer".into())))
+                    .collect();
+                let detail = if reasons.is_empty() { "no peers given".to_owned() } else { reasons.join("; ") };
+                return Err(FetchError::Unreachable(detail));
+            }
+        } else if self.peers.is_empty() && now.duration_since(self.clock.last_peer) > give_up {
+            return Err(FetchError::Stalled(format!("no peer reachable for {} s", give_up.as_secs())));
+        }
+        if matches!(self.phase, Phase::Manifest)
+            && !self.peers.is_empty()
+            && self.peers.values().all(|p| p.lacks_root)
+            && now.duration_since(self.clock.last_join) > NOT_FOUND_GRACE
+        {
+            return Err(FetchError::NotFound(self.root));
+        }
+        if !self.peers.is_empty() && now.duration_since(self.clock.last_progress) > give_up {
+            return Err(FetchError::Stalled(format!(
+                "no progress for {} s: the connected peers do not hold the missing pieces",
+                give_up.as_secs()
+            )));
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// Forgets a peer: its availability and its outstanding ASKs.
+    pub(super) fn drop_peer(&mut self, id: u64) {
+        let Some(p) = self.peers.remove(&id) else { return };
+        if let Phase::Pieces(pc) = &mut self.phase {
+            if let Some(has) = &p.has {
+                pc.picker.remove_peer(has);
+            }
+            for h in &p.asked {
+                if let Some(b) = pc.blobs.by_hash.get(h) {
+                    pc.picker.unrequested(*b as usize);
+                }
+            }
+        }
+        self.clock.last_peer = Instant::now();
+    }
+
+    /// Withdraws every outstanding ASK, telling peers (used when the download ends).
+    pub(super) fn release_asks(&mut self) {
+        for p in self.peers.values_mut() {
+            for h in p.asked.drain() {
+                p.conn.cancel(h, &self.route);
+            }
+        }
+    }
+
+    pub(super) fn on_dont_have(&mut self, conn: u64, hash: Hash) {
+        let Some(p) = self.peers.get_mut(&conn) else { return };
+        p.asked.remove(&hash);
+        p.last_answer = Instant::now();
+        let pc = match &mut self.phase {
+            Phase::Manifest => {
+                p.lacks_root |= hash == self.root;
+                return;
+            }
+            Phase::Lists(l) => {
+                p.lacks_root |= hash == self.root || l.manifest.lists.contains(&hash);
+                return;
+            }
+            Phase::Pieces(pc) => pc,
+        };
+        if hash == self.root || pc.info.manifest.lists.contains(&hash) {
+            p.lacks_root = true;
+            return;
+        }
+        let Some(&b) = pc.blobs.by_hash.get(&hash) else { return };
+        pc.picker.unrequested(b as usize);
+        let has = p.has.get_or_insert_with(|| bitvec![0; pc.blobs.len()]);
+        if has[b as usize] {
+            has.set(b as usize, false);
+            let mut one = bitvec![0; pc.blobs.len()];
+            one.set(b as usize, true);
+            pc.picker.remove_peer(&one);
+        }
+    }
+
+    pub(super) fn apply_bitfield(&mut self, conn: u64, bits: &[u8]) {
+        let Phase::Pieces(pc) = &mut self.phase else { return };
+        let Some(p) = self.peers.get_mut(&conn) else { return };
+        if let Err(e) = bitfield::check(pc.blobs.blob_of.len(), bits) {
+            let reject = crate::wire::Frame::reject(crate::wire::RejectCode::ProtocolViolation, e);
+            p.conn.close(Some(reject));
+            return;
+        }
+        let new = pc.blobs.blob_bits(BitSlice::<u8, Msb0>::from_slice(bits));
+        if let Some(old) = p.has.take() {
+            pc.picker.remove_peer(&old);
+        }
+        pc.picker.add_peer(&new);
+        if new.any() {
+            p.lacks_root = false;
+        }
+        p.has = Some(new);
+    }
+
+    pub(super) fn apply_have(&mut self, conn: u64, index: u32) {
+        let Phase::Pieces(pc) = &mut self.phase else { return };
+        let Some(p) = self.peers.get_mut(&conn) else { return };
+        let Some(&b) = pc.blobs.blob_of.get(index as usize) else { return };
+        let has = p.has.get_or_insert_with(|| bitvec![0; pc.blobs.len()]);
+        if !has[b as usize] {
+            has.set(b as usize, true);
+            pc.picker.peer_got(b as usize);
+        }
+        p.lacks_root = false;
+    }
+}

@@ -1,0 +1,368 @@
+//! A pex node: the listener and dialler ([`conn`]), the registry of live
+//! connections, bans and download routes ([`registry`]), peer exchange
+//! ([`exchange`]), seeding and fetching, statistics and graceful shutdown.
+//! It knows no byte layout (`wire`, `connection`) and no piece scheduling
+//! (`fetch`): connections reach it through [`peer::Handler`](crate::peer::Handler),
+//! downloads through [`fetch::Swarm`](crate::fetch::Swarm).
+
+mod conn;
+mod exchange;
+mod registry;
+
+use crate::datadir::{DataDir, SeedRecord};
+use crate::fetch::{self, FetchError, FetchOptions, FetchOutcome, Progress};
+use crate::hash::{Hash, NodeId};
+use crate::manifest::{hash_pieces, FileInfo};
+use crate::ratelimit::RateLimiter;
+use crate::store::{Store, StoreError};
+use crate::timeouts::Timeouts;
+use exchange::Exchange;
+use registry::{Bans, Registry, Routes, Totals};
+use serde::Serialize;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Most dials in progress at once.
+pub const MAX_DIALS: usize = 8;
+/// Default connection limit.
+pub const DEFAULT_MAX_PEERS: usize = 50;
+
+/// How a node runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to accept connections on; `None` to not listen.
+    pub listen: Option<SocketAddr>,
+    /// Most simultaneous connections; more are answered REJECT(2).
+    pub max_peers: usize,
+    /// Take part in peer exchange (learn and dial addresses from PEERS).
+    pub pex: bool,
+    /// Upload limit in bytes per second, shared by all connections.
+    pub max_upload_rate: Option<u64>,
+    /// Protocol intervals.
+    pub timeouts: Timeouts,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 9000)),
+            max_peers: DEFAULT_MAX_PEERS,
+            pex: true,
+            max_upload_rate: None,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// One peer in a [`NodeStats`] report.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerReport {
+    /// Where it listens (or its socket address if it does not).
+    pub address: String,
+    /// Its node id, hex.
+    pub node_id: String,
+    /// GIVE payload bytes sent to it.
+    pub uploaded_bytes: u64,
+    /// GIVE payload bytes received from it.
+    pub downloaded_bytes: u64,
+}
+
+/// Totals for this run of the node.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeStats {
+    /// GIVE payload bytes sent.
+    pub uploaded_bytes: u64,
+    /// GIVE payload bytes received.
+    pub downloaded_bytes: u64,
+    /// Pieces that failed verification.
+    pub pieces_rejected: u64,
+    /// Every peer met.
+    pub peers: Vec<PeerReport>,
+}
+
+/// State shared by the node's tasks, one lock per concern. Crate-internal;
+/// users hold a [`Node`].
+pub(crate) struct Shared {
+    id: NodeId,
+    config: Config,
+    store: Arc<Store>,
+    data_dir: Option<DataDir>,
+    local_addr: Option<SocketAddr>,
+    limiter: Option<RateLimiter>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    /// Connection slots: `max_peers` permits.
+    slots: Arc<Semaphore>,
+    registry: Registry,
+    exchange: Exchange,
+    bans: Bans,
+    routes: Routes,
+    totals: Totals,
+}
+
+/// Why a node could not start or seed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Binding the listener failed.
+    #[error("cannot listen on {addr}: {}", crate::text::io_message(.source))]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// Reading or mapping a file failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Data directory trouble.
+    #[error("data directory: {}", crate::text::io_message(.0))]
+    DataDir(io::Error),
+}
+
+/// A running pex node. Cheap to clone; stops when [`Node::shutdown`] is called
+/// or the token given to [`Node::start`] is cancelled.
+#[derive(Clone)]
+pub struct Node {
+    shared: Arc<Shared>,
+}
+
+impl Node {
+    /// Binds the listener (if any) and starts accepting, dialling and exchanging peers.
+    pub async fn start(
+        config: Config,
+        data_dir: Option<DataDir>,
+        shutdown: CancellationToken,
+    ) -> Result<Node, NodeError> {
+        let listener = match config.listen {
+            Some(addr) => Some(conn::bind(addr).map_err(|source| NodeError::Listen { addr, source })?),
+            None => None,
+        };
+        let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let shared = Arc::new(Shared {
+            id: NodeId::random(),
+            limiter: config.max_upload_rate.map(RateLimiter::new),
+            slots: Arc::new(Semaphore::new(config.max_peers)),
+            config,
+            store: Arc::new(Store::new()),
+            data_dir,
+            local_addr,
+            shutdown,
+            tasks: TaskTracker::new(),
+            registry: Registry::default(),
+            exchange: Exchange::default(),
+            bans: Bans::default(),
+            routes: Routes::default(),
+            totals: Totals::default(),
+        });
+        if let Some(listener) = listener {
+            shared.tasks.spawn(conn::accept_loop(shared.clone(), listener));
+        }
+        shared.tasks.spawn(exchange::connect_loop(shared.clone()));
+        shared.tasks.spawn(exchange::peers_loop(shared.clone()));
+        Ok(Node { shared })
+    }
+
+    /// This run's node id.
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    /// The bound listen address, if listening.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.shared.local_addr
+    }
+
+    /// Blobs this node serves.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// The data directory, if the node has one.
+    pub fn data_dir(&self) -> Option<&DataDir> {
+        self.shared.data_dir.as_ref()
+    }
+
+    /// The token that stops this node.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shared.shutdown.clone()
+    }
+
+    /// Adds a peer given by the user: dialled now, redialled with back-off when
+    /// it drops, never forgotten. Addresses that can never be a peer (see
+    /// [`crate::peers::undialable`]) are ignored.
+    pub fn add_peer(&self, addr: SocketAddr) {
+        self.shared.exchange.add(addr, true);
+    }
+
+    /// The last dial error for an address, if its dials are failing.
+    pub fn dial_error(&self, addr: &SocketAddr) -> Option<String> {
+        self.shared.exchange.table().get(addr).and_then(|e| e.last_error.clone())
+    }
+
+    /// Whether dialling `addr` reached this very node (it is then never dialled again).
+    pub fn is_self_address(&self, addr: &SocketAddr) -> bool {
+        self.shared.exchange.table().get(addr).is_some_and(|e| e.is_self)
+    }
+
+    /// Live connections.
+    pub fn connected_peers(&self) -> usize {
+        self.shared.registry.len()
+    }
+
+    /// Whether a connection to this node id is up.
+    pub fn is_connected(&self, id: &NodeId) -> bool {
+        self.shared.registry.has_node(id)
+    }
+
+    /// Hashes `path` on all cores (calling `progress` with bytes done), serves it,
+    /// and records it in the data directory so `pex serve` serves it again.
+    pub async fn seed(
+        &self,
+        path: &Path,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<Arc<FileInfo>, NodeError> {
+        let path = std::path::absolute(path).map_err(|e| StoreError::Io { path: path.to_owned(), source: e })?;
+        let p = path.clone();
+        let dd = self.shared.data_dir.clone();
+        let (info, mtime) = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
+            let err = |source| StoreError::Io { path: p.clone(), source };
+            let file = std::fs::File::open(&p).map_err(err)?;
+            let meta = file.metadata().map_err(err)?;
+            if !meta.is_file() {
+                return Err(err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")).into());
+            }
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let pieces = hash_pieces(&file, meta.len(), threads, &progress).map_err(err)?;
+            let after = file.metadata().map_err(err)?;
+            if after.len() != meta.len() || after.modified().ok() != meta.modified().ok() {
+                return Err(err(io::Error::other("file changed while it was being hashed")).into());
+            }
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let info = FileInfo::new(&name, meta.len(), pieces);
+            let mtime = meta.modified().ok();
+            if let Some(dd) = dd {
+                dd.save_info(&info).map_err(NodeError::DataDir)?;
+                let record = SeedRecord { path: p.clone(), size: info.manifest.size, mtime };
+                dd.save_seed(&info.root, &record).map_err(NodeError::DataDir)?;
+            }
+            Ok((info, mtime))
+        })
+        .await
+        .map_err(|e| StoreError::Io { path: path.clone(), source: io::Error::other(e) })??;
+        let info = Arc::new(info);
+        self.shared.store.add_source(info.clone(), &path, mtime)?;
+        Ok(info)
+    }
+
+    /// Serves every file the data directory records as seeded or completed and
+    /// still unchanged on disk. Returns what is served and, for each record that
+    /// could not be, a one-line reason naming the file.
+    pub fn serve_data_dir(&self) -> (Vec<Arc<FileInfo>>, Vec<String>) {
+        let Some(dd) = &self.shared.data_dir else { return (Vec::new(), Vec::new()) };
+        let (mut served, mut problems) = (Vec::new(), Vec::new());
+        for record in dd.seeds() {
+            let (rec, info) = match record {
+                Err(e) => {
+                    problems.push(e.to_string());
+                    continue;
+                }
+                Ok(r) => r,
+            };
+            match std::fs::metadata(&rec.path).map(|m| m.len() == rec.size && m.modified().ok() == rec.mtime) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let shown = rec.path.display();
+                    problems.push(format!("{shown}: changed since it was seeded; run `pex seed` on it again"));
+                    continue;
+                }
+                Err(e) => {
+                    problems.push(format!("{}: {}", rec.path.display(), crate::text::io_message(&e)));
+                    continue;
+                }
+            }
+            let info = Arc::new(info);
+            match self.shared.store.add_source(info.clone(), &rec.path, rec.mtime) {
+                Ok(_) => served.push(info),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        (served, problems)
+    }
+
+    /// Fetches `root` into a verified file, publishing progress on `progress`.
+    pub async fn fetch(
+        &self,
+        root: Hash,
+        opts: FetchOptions,
+        progress: watch::Sender<Progress>,
+    ) -> Result<FetchOutcome, FetchError> {
+        if let Some(out) = &opts.output {
+            if out.exists() {
+                return Err(FetchError::OutputExists(out.clone()));
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        if !self.shared.routes.add(root, tx.clone()) {
+            return Err(FetchError::AlreadyFetching(root));
+        }
+        /// Removes the download's route when it ends, however it ends.
+        struct Unroute<'a>(&'a Routes, Hash);
+        impl Drop for Unroute<'_> {
+            fn drop(&mut self) {
+                self.0.remove(&self.1);
+            }
+        }
+        let _unroute = Unroute(&self.shared.routes, root);
+        for conn in self.shared.registry.all() {
+            let _ = tx.send(fetch::DownloadEvent::PeerJoined(conn));
+        }
+        for addr in &opts.peers {
+            self.add_peer(*addr);
+        }
+        let env = fetch::Env {
+            swarm: self.shared.clone(),
+            store: self.shared.store.clone(),
+            data_dir: self.shared.data_dir.clone(),
+            timeouts: self.shared.config.timeouts.clone(),
+            shutdown: self.shared.shutdown.clone(),
+        };
+        fetch::download(env, root, opts, progress, rx).await
+    }
+
+    /// Totals for this run.
+    pub fn stats(&self) -> NodeStats {
+        let mut peers: Vec<PeerReport> = self
+            .shared
+            .registry
+            .history()
+            .into_iter()
+            .map(|(id, s)| PeerReport {
+                address: crate::lock(&s.addr).to_string(),
+                node_id: id.to_hex(),
+                uploaded_bytes: s.uploaded.load(Ordering::Relaxed),
+                downloaded_bytes: s.downloaded.load(Ordering::Relaxed),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.address.cmp(&b.address));
+        let t = &self.shared.totals;
+        NodeStats {
+            uploaded_bytes: t.uploaded.load(Ordering::Relaxed),
+            downloaded_bytes: t.downloaded.load(Ordering::Relaxed),
+            pieces_rejected: t.pieces_rejected.load(Ordering::Relaxed),
+            peers,
+        }
+    }
+
+    /// Stops the node: peers get REJECT(6), every task is awaited.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+}

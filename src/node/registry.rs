@@ -1,0 +1,187 @@
+//! The node's bookkeeping of peers, one concern and one lock each: the live
+//! connections ([`Registry`]), the banned ([`Bans`]), the downloads that want
+//! to hear about peers ([`Routes`]) and this run's byte totals ([`Totals`]).
+
+use crate::fetch::DownloadEvent;
+use crate::hash::{Hash, NodeId};
+use crate::lock;
+use crate::peer::{PeerConn, PeerStats};
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// Live connections by connection and by node id (at most one per node id),
+/// and the byte counters of every node id met in this run.
+#[derive(Default)]
+pub(crate) struct Registry(Mutex<RegistryInner>);
+
+#[derive(Default)]
+struct RegistryInner {
+    next_id: u64,
+    by_conn: HashMap<u64, Arc<PeerConn>>,
+    by_node: HashMap<NodeId, u64>,
+    history: HashMap<NodeId, Arc<PeerStats>>,
+}
+
+impl Registry {
+    /// Registers a connection built by `make` (given its connection id and the
+    /// node id's counters), or returns `None` if `node_id` is already connected.
+    /// `shown` is the address reported for it in statistics.
+    pub fn register(
+        &self,
+        node_id: NodeId,
+        shown: SocketAddr,
+        make: impl FnOnce(u64, Arc<PeerStats>) -> PeerConn,
+    ) -> Option<Arc<PeerConn>> {
+        let mut reg = lock(&self.0);
+        if reg.by_node.contains_key(&node_id) {
+            return None;
+        }
+        reg.next_id += 1;
+        let conn_id = reg.next_id;
+        let stats = reg.history.entry(node_id).or_insert_with(|| Arc::new(PeerStats::new(shown))).clone();
+        *lock(&stats.addr) = shown;
+        let conn = Arc::new(make(conn_id, stats));
+        reg.by_node.insert(node_id, conn_id);
+        reg.by_conn.insert(conn_id, conn.clone());
+        Some(conn)
+    }
+
+    /// Unregisters a closed connection.
+    pub fn remove(&self, conn: &PeerConn) {
+        let mut reg = lock(&self.0);
+        if reg.by_conn.remove(&conn.conn_id).is_some() {
+            reg.by_node.remove(&conn.node_id);
+        }
+    }
+
+    /// Every live connection.
+    pub fn all(&self) -> Vec<Arc<PeerConn>> {
+        lock(&self.0).by_conn.values().cloned().collect()
+    }
+
+    /// Number of live connections.
+    pub fn len(&self) -> usize {
+        lock(&self.0).by_conn.len()
+    }
+
+    /// Whether a connection to `id` is up.
+    pub fn has_node(&self, id: &NodeId) -> bool {
+        lock(&self.0).by_node.contains_key(id)
+    }
+
+    /// Whether some connection comes from `addr`.
+    pub fn has_addr(&self, addr: &SocketAddr) -> bool {
+        lock(&self.0).by_conn.values().any(|c| c.addr == *addr)
+    }
+
+    /// Counters of every node id met: (id, stats).
+    pub fn history(&self) -> Vec<(NodeId, Arc<PeerStats>)> {
+        lock(&self.0).history.iter().map(|(id, s)| (*id, s.clone())).collect()
+    }
+}
+
+/// Node ids and addresses banned for the rest of this run.
+#[derive(Default)]
+pub(crate) struct Bans(Mutex<BansInner>);
+
+#[derive(Default)]
+struct BansInner {
+    ids: HashSet<NodeId>,
+    addrs: HashSet<SocketAddr>,
+}
+
+impl Bans {
+    /// Bans a node id and the addresses it was seen at.
+    pub fn ban(&self, id: NodeId, addrs: impl IntoIterator<Item = SocketAddr>) {
+        let mut b = lock(&self.0);
+        b.ids.insert(id);
+        b.addrs.extend(addrs);
+    }
+
+    /// Whether the node id or the address is banned.
+    pub fn is_banned(&self, id: &NodeId, addr: &SocketAddr) -> bool {
+        let b = lock(&self.0);
+        b.ids.contains(id) || b.addrs.contains(addr)
+    }
+
+    /// Whether the address is banned.
+    pub fn has_addr(&self, addr: &SocketAddr) -> bool {
+        lock(&self.0).addrs.contains(addr)
+    }
+}
+
+/// The downloads running in this node, by root: where to send what peers do.
+#[derive(Default)]
+pub(crate) struct Routes(Mutex<HashMap<Hash, mpsc::UnboundedSender<DownloadEvent>>>);
+
+impl Routes {
+    /// Adds a download; false if `root` is being fetched already.
+    pub fn add(&self, root: Hash, tx: mpsc::UnboundedSender<DownloadEvent>) -> bool {
+        let mut r = lock(&self.0);
+        if r.contains_key(&root) {
+            return false;
+        }
+        r.insert(root, tx);
+        true
+    }
+
+    /// Removes a download that ended.
+    pub fn remove(&self, root: &Hash) {
+        lock(&self.0).remove(root);
+    }
+
+    /// Tells every download about a new connection.
+    pub fn peer_joined(&self, conn: &Arc<PeerConn>) {
+        for tx in lock(&self.0).values() {
+            let _ = tx.send(DownloadEvent::PeerJoined(conn.clone()));
+        }
+    }
+
+    /// Tells every download a connection closed.
+    pub fn peer_left(&self, conn_id: u64) {
+        for tx in lock(&self.0).values() {
+            let _ = tx.send(DownloadEvent::PeerLeft(conn_id));
+        }
+    }
+
+    /// Passes a BITFIELD to the download of `root`, if one runs.
+    pub fn bitfield(&self, root: &Hash, conn: u64, bits: Bytes) {
+        if let Some(tx) = lock(&self.0).get(root) {
+            let _ = tx.send(DownloadEvent::Bitfield { conn, bits });
+        }
+    }
+
+    /// Passes a HAVE to the download of `root`, if one runs.
+    pub fn have(&self, root: &Hash, conn: u64, index: u32) {
+        if let Some(tx) = lock(&self.0).get(root) {
+            let _ = tx.send(DownloadEvent::Have { conn, index });
+        }
+    }
+}
+
+/// This run's totals.
+#[derive(Default)]
+pub(crate) struct Totals {
+    /// GIVE payload bytes sent.
+    pub uploaded: AtomicU64,
+    /// GIVE payload bytes received.
+    pub downloaded: AtomicU64,
+    /// Pieces that failed verification.
+    pub pieces_rejected: AtomicU64,
+}
+
+impl Totals {
+    /// Adds transferred bytes.
+    pub fn add(&self, up: u64, down: u64) {
+        if up > 0 {
+            self.uploaded.fetch_add(up, Ordering::Relaxed);
+        }
+        if down > 0 {
+            self.downloaded.fetch_add(down, Ordering::Relaxed);
+        }
+    }
+}

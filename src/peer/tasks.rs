@@ -1,0 +1,227 @@
+//! A live connection's three tasks: the reader (frames to the handler and to
+//! ASK routes), the ASK server (answers from the handler's blobs, in order)
+//! and the writer (control frames first, then answers; keep-alives when idle).
+//!
+//! Every ASK takes one of [`MAX_QUEUED_ASKS`] slots when it is read and gives
+//! it back only once its answer (GIVE or DONT_HAVE) is written to the socket:
+//! a peer that asks and never reads stops being read, whatever it asks for.
+
+use super::handshake::linger_close;
+use super::{Answer, Handler, Outbox, PeerConn, PeerError, MAX_QUEUED_ASKS};
+use crate::connection::{FrameReader, FrameWriter};
+use crate::hash::Hash;
+use crate::lock;
+use crate::mapping::Body;
+use crate::text::shown;
+use crate::wire::{Frame, RejectCode};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// A connection's queue of ASKs to answer, bounded by permits.
+struct AskQueue {
+    queue: Mutex<VecDeque<(Hash, OwnedSemaphorePermit)>>,
+    slots: Arc<Semaphore>,
+    ready: Notify,
+}
+
+impl AskQueue {
+    async fn pop(&self) -> (Hash, OwnedSemaphorePermit) {
+        loop {
+            if let Some(item) = lock(&self.queue).pop_front() {
+                return item;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+/// An answer on its way to the writer, holding its ASK slot until written.
+struct Reply {
+    hash: Hash,
+    body: Option<Body>,
+    _slot: OwnedSemaphorePermit,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run<H: Handler>(
+    handler: Arc<H>,
+    conn: Arc<PeerConn>,
+    mut reader: FrameReader<OwnedReadHalf>,
+    writer: FrameWriter<OwnedWriteHalf>,
+    outbox: Outbox,
+    keepalive: Duration,
+    idle: Duration,
+    _permit: OwnedSemaphorePermit,
+) {
+    let asks = Arc::new(AskQueue {
+        queue: Mutex::new(VecDeque::new()),
+        slots: Arc::new(Semaphore::new(MAX_QUEUED_ASKS)),
+        ready: Notify::new(),
+    });
+    let (reply_tx, reply_rx) = mpsc::channel(1);
+    let writer_task =
+        tokio::spawn(write_loop(handler.clone(), conn.clone(), writer, outbox.0, reply_rx, keepalive, idle));
+    let server_task = tokio::spawn(serve_asks(handler.clone(), conn.clone(), asks.clone(), reply_tx));
+    let result = read_loop(&*handler, &conn, &mut reader, &asks, idle).await;
+    match &result {
+        Ok(()) => {}
+        Err(PeerError::Protocol(reason)) => {
+            tracing::info!(peer = %conn.addr, "protocol violation: {}", shown(reason));
+            conn.close(Some(Frame::reject(RejectCode::ProtocolViolation, reason)));
+        }
+        Err(PeerError::Misbehaving(reason)) => {
+            tracing::info!(peer = %conn.addr, "misbehaving: {}", shown(reason));
+            conn.close(Some(Frame::reject(RejectCode::Misbehaving, reason)));
+        }
+        Err(e) => {
+            tracing::debug!(peer = %conn.addr, "connection ended: {e}");
+            conn.close(None);
+        }
+    }
+    conn.close.cancel();
+    server_task.abort();
+    if let Ok(Some(mut writer)) = writer_task.await {
+        let last = lock(&conn.close_frame).take().or_else(|| handler.farewell());
+        linger_close(&mut writer, &mut reader, last).await;
+    }
+    handler.on_closed(&conn, &result);
+    let stats = &conn.stats;
+    tracing::info!(
+        peer = %conn.addr,
+        id = %conn.node_id.short(),
+        uploaded = stats.uploaded.load(Ordering::Relaxed),
+        downloaded = stats.downloaded.load(Ordering::Relaxed),
+        "peer left"
+    );
+}
+
+async fn read_loop<H: Handler>(
+    handler: &H,
+    conn: &Arc<PeerConn>,
+    reader: &mut FrameReader<OwnedReadHalf>,
+    asks: &AskQueue,
+    idle: Duration,
+) -> Result<(), PeerError> {
+    loop {
+        let frame = tokio::select! {
+            _ = conn.close.cancelled() => return Ok(()),
+            r = reader.read_frame_idle(Some(idle)) => match r {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        match frame {
+            Frame::KeepAlive | Frame::Unknown { .. } => {}
+            Frame::Hello(_) => return Err(PeerError::Protocol("second HELLO".into())),
+            Frame::Reject { code, reason } => {
+                tracing::debug!(peer = %conn.addr, code, "peer closed with REJECT: {}", shown(&reason));
+                return Err(PeerError::Rejected { code, reason });
+            }
+            Frame::Ask(hash) => {
+                let slot = tokio::select! {
+                    _ = conn.close.cancelled() => return Ok(()),
+                    p = asks.slots.clone().acquire_owned() => p.map_err(|_| PeerError::Closed)?,
+                };
+                lock(&asks.queue).push_back((hash, slot));
+                asks.ready.notify_one();
+            }
+            Frame::Cancel(hash) => lock(&asks.queue).retain(|(h, _)| *h != hash),
+            Frame::Give { hash, data } => {
+                conn.stats.downloaded.fetch_add(data.len() as u64, Ordering::Relaxed);
+                handler.on_transfer(0, data.len() as u64);
+                match conn.take_routes(&hash) {
+                    Some(routes) => {
+                        for tx in routes {
+                            let _ = tx.send(Answer::Give { conn: conn.conn_id, hash, data: data.clone() });
+                        }
+                    }
+                    None if conn.was_withdrawn(&hash) => {}
+                    None => {
+                        if conn.unsolicited_give() {
+                            return Err(PeerError::Misbehaving("too many GIVEs nobody asked for".into()));
+                        }
+                    }
+                }
+            }
+            Frame::DontHave(hash) => {
+                for tx in conn.take_routes(&hash).unwrap_or_default() {
+                    let _ = tx.send(Answer::DontHave { conn: conn.conn_id, hash });
+                }
+            }
+            Frame::Peers(addrs) => handler.on_peers(conn, addrs),
+            Frame::Bitfield { root, bits } => handler.on_bitfield(conn, root, bits)?,
+            Frame::Have { root, index } => handler.on_have(conn, root, index)?,
+        }
+    }
+}
+
+/// Answers queued ASKs in order, GIVE or DONT_HAVE, each holding its slot until written.
+async fn serve_asks<H: Handler>(
+    handler: Arc<H>,
+    conn: Arc<PeerConn>,
+    asks: Arc<AskQueue>,
+    replies: mpsc::Sender<Reply>,
+) {
+    loop {
+        let (hash, slot) = tokio::select! {
+            _ = conn.close.cancelled() => return,
+            item = asks.pop() => item,
+        };
+        let body = handler.blob(&hash);
+        if replies.send(Reply { hash, body, _slot: slot }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends frames until the connection closes; returns the writer for the final REJECT.
+async fn write_loop<H: Handler>(
+    handler: Arc<H>,
+    conn: Arc<PeerConn>,
+    mut writer: FrameWriter<OwnedWriteHalf>,
+    mut ctrl_rx: mpsc::UnboundedReceiver<Frame>,
+    mut replies: mpsc::Receiver<Reply>,
+    keepalive: Duration,
+    write_timeout: Duration,
+) -> Option<FrameWriter<OwnedWriteHalf>> {
+    let mut last_write = Instant::now();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = conn.close.cancelled() => return Some(writer),
+            f = ctrl_rx.recv() => match f { Some(f) => Ok(f), None => return Some(writer) },
+            r = replies.recv() => match r { Some(r) => Err(r), None => return Some(writer) },
+            _ = tokio::time::sleep_until(last_write + keepalive) => Ok(Frame::KeepAlive),
+        };
+        let written = tokio::select! {
+            _ = conn.close.cancelled() => return None,
+            r = async {
+                match &next {
+                    Ok(frame) => writer.write_frame_within(frame, None, Some(write_timeout)).await,
+                    Err(Reply { hash, body: Some(body), .. }) => {
+                        writer.write_give(hash, body, handler.limiter(), Some(write_timeout)).await
+                    }
+                    Err(Reply { hash, body: None, .. }) => {
+                        writer.write_frame_within(&Frame::DontHave(*hash), None, Some(write_timeout)).await
+                    }
+                }
+            } => r,
+        };
+        if let Err(e) = written {
+            tracing::debug!(peer = %conn.addr, "write failed: {}", crate::text::io_message(&e));
+            conn.close(None);
+            return None;
+        }
+        if let Err(Reply { body: Some(body), .. }) = &next {
+            conn.stats.uploaded.fetch_add(body.len() as u64, Ordering::Relaxed);
+            handler.on_transfer(body.len() as u64, 0);
+        }
+        last_write = Instant::now();
+    }
+}
