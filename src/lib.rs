@@ -47,3 +47,66 @@ pub use fetch::{FetchError, FetchOptions, FetchOutcome, Progress};
 pub use hash::{Hash, NodeId};
 pub use node::{Config, Node, NodeStats};
 pub use timeouts::Timeouts;
+
+#[cfg(test)]
+mod layering {
+    /// The layers, bottom up. A module may import only modules listed before it,
+    /// so the import graph is a DAG that reads bottom-up (docs/DESIGN.md).
+    const LAYERS: &[&str] = &[
+        "hash",
+        "bitfield",
+        "text",
+        "timeouts",
+        "ratelimit",
+        "picker",
+        "wire",
+        "manifest",
+        "peers",
+        "mapping",
+        "datadir",
+        "store",
+        "connection",
+        "peer",
+        "fetch",
+        "node",
+    ];
+
+    fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn every_module_imports_only_layers_below_it() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        let mut checked = 0;
+        for file in files {
+            let rel = file.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+            let module = rel.split('/').next().unwrap().trim_end_matches(".rs").to_owned();
+            if module == "lib" || module == "main" {
+                continue;
+            }
+            let rank = LAYERS.iter().position(|m| *m == module).unwrap_or_else(|| panic!("{rel}: not in LAYERS"));
+            let text = std::fs::read_to_string(&file).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap();
+            for (i, _) in code.match_indices("crate::") {
+                let name: String = code[i + 7..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                if name == "lock" || name == module {
+                    continue;
+                }
+                let dep = LAYERS.iter().position(|m| *m == name).unwrap_or_else(|| panic!("{rel}: crate::{name}?"));
+                assert!(dep < rank, "{rel} imports crate::{name}, which is not below {module}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 50, "only {checked} imports seen: is the scan broken?");
+    }
+}

@@ -77,7 +77,8 @@ pub enum ManifestError {
 
 /// Checks that `name` is one path component that cannot escape a directory.
 pub fn validate_name(name: &str) -> Result<(), ManifestError> {
-    let bad = |why: &str| Err(ManifestError::BadName(format!("{name:?} {why}")));
+    // The name may come from the network: shown escaped and cut.
+    let bad = |why: &str| Err(ManifestError::BadName(format!("\"{}\" {why}", crate::text::clean(name, 64))));
     if name.is_empty() {
         return bad("is empty");
     }

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 /// Blobs of one file, indexed `0..len`.
 pub(super) struct Blobs {
     /// Hash of each blob.
-    pub hashes: Vec<crate::Hash>,
+    pub hashes: Vec<crate::hash::Hash>,
     /// Blob index by hash.
-    pub by_hash: HashMap<crate::Hash, u32>,
+    pub by_hash: HashMap<crate::hash::Hash, u32>,
     /// Blob of each piece.
     pub blob_of: Vec<u32>,
     /// Pieces of each blob: almost always one.
@@ -84,8 +84,8 @@ impl Blobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash::Hash;
     use crate::manifest::PIECE_SIZE;
-    use crate::Hash;
 
     #[test]
     fn identical_pieces_are_one_blob_and_lengths_must_agree() {
