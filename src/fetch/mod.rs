@@ -201,3 +201,6 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| FetchError::Store(StoreError::Io { path: PathBuf::new(), source: io::Error::other(e) }))?
 }
+
+#[cfg(test)]
+mod tests;

@@ -189,8 +189,9 @@ pub struct PeerConn {
     unsolicited: AtomicU32,
 }
 
-/// The receiving end of a connection's control queue, handed to [`run`].
-pub struct Outbox(mpsc::UnboundedReceiver<Frame>);
+/// The receiving end of a connection's control queue, handed to
+/// [`Handshaken::start`].
+pub struct Outbox(pub(crate) mpsc::UnboundedReceiver<Frame>);
 
 impl std::fmt::Debug for PeerConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -227,6 +228,34 @@ impl PeerConn {
             unsolicited: AtomicU32::new(0),
         };
         (conn, Outbox(rx))
+    }
+
+    /// A connection record with no socket behind it, for unit tests of the
+    /// layers above: frames it is asked to send appear on the [`Outbox`].
+    #[cfg(test)]
+    pub(crate) fn detached(conn_id: u64) -> (Arc<PeerConn>, Outbox) {
+        let (ctrl, rx) = mpsc::unbounded_channel();
+        let addr = SocketAddr::from(([0xfd00, 0, 0, 0, 0, 0, 0, conn_id as u16], 9000));
+        let conn = PeerConn {
+            conn_id,
+            node_id: NodeId([conn_id as u8; 32]),
+            addr,
+            listen_addr: Some(addr),
+            direction: Direction::Outbound,
+            since: Instant::now(),
+            stats: Arc::new(PeerStats::new(addr)),
+            received: Arc::new(AtomicU64::new(0)),
+            peers_sent: Mutex::new(None),
+            ctrl,
+            asks: Mutex::new(HashMap::new()),
+            withdrawn: Mutex::new(VecDeque::new()),
+            interest: Mutex::new(HashSet::new()),
+            bitfield_sent: Mutex::new(HashSet::new()),
+            close: CancellationToken::new(),
+            close_frame: Mutex::new(None),
+            unsolicited: AtomicU32::new(0),
+        };
+        (Arc::new(conn), Outbox(rx))
     }
 
     /// Queues a control frame; false if the connection is gone.
@@ -272,9 +301,25 @@ impl PeerConn {
         }
     }
 
-    /// The routes waiting on `hash`, removed: its answer has come.
-    fn take_routes(&self, hash: &Hash) -> Option<Vec<Route>> {
-        lock(&self.asks).remove(hash)
+    /// Delivers a GIVE to the routes that asked for it. False if nobody asked
+    /// (and it was not recently withdrawn either).
+    pub(crate) fn deliver_give(&self, hash: Hash, data: Bytes) -> bool {
+        match lock(&self.asks).remove(&hash) {
+            Some(routes) => {
+                for tx in routes {
+                    let _ = tx.send(Answer::Give { conn: self.conn_id, hash, data: data.clone() });
+                }
+                true
+            }
+            None => self.was_withdrawn(&hash),
+        }
+    }
+
+    /// Delivers a DONT_HAVE to the routes that asked.
+    pub(crate) fn deliver_dont_have(&self, hash: Hash) {
+        for tx in lock(&self.asks).remove(&hash).unwrap_or_default() {
+            let _ = tx.send(Answer::DontHave { conn: self.conn_id, hash });
+        }
     }
 
     /// True (once) if `hash` was recently withdrawn, so a late answer is expected.
@@ -328,3 +373,6 @@ impl PeerConn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

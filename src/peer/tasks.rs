@@ -7,7 +7,7 @@
 //! a peer that asks and never reads stops being read, whatever it asks for.
 
 use super::handshake::linger_close;
-use super::{Answer, Handler, Outbox, PeerConn, PeerError, MAX_QUEUED_ASKS};
+use super::{Handler, Outbox, PeerConn, PeerError, MAX_QUEUED_ASKS};
 use crate::connection::{FrameReader, FrameWriter};
 use crate::hash::Hash;
 use crate::lock;
@@ -135,25 +135,11 @@ async fn read_loop<H: Handler>(
             Frame::Give { hash, data } => {
                 conn.stats.downloaded.fetch_add(data.len() as u64, Ordering::Relaxed);
                 handler.on_transfer(0, data.len() as u64);
-                match conn.take_routes(&hash) {
-                    Some(routes) => {
-                        for tx in routes {
-                            let _ = tx.send(Answer::Give { conn: conn.conn_id, hash, data: data.clone() });
-                        }
-                    }
-                    None if conn.was_withdrawn(&hash) => {}
-                    None => {
-                        if conn.unsolicited_give() {
-                            return Err(PeerError::Misbehaving("too many GIVEs nobody asked for".into()));
-                        }
-                    }
+                if !conn.deliver_give(hash, data) && conn.unsolicited_give() {
+                    return Err(PeerError::Misbehaving("too many GIVEs nobody asked for".into()));
                 }
             }
-            Frame::DontHave(hash) => {
-                for tx in conn.take_routes(&hash).unwrap_or_default() {
-                    let _ = tx.send(Answer::DontHave { conn: conn.conn_id, hash });
-                }
-            }
+            Frame::DontHave(hash) => conn.deliver_dont_have(hash),
             Frame::Peers(addrs) => handler.on_peers(conn, addrs),
             Frame::Bitfield { root, bits } => handler.on_bitfield(conn, root, bits)?,
             Frame::Have { root, index } => handler.on_have(conn, root, index)?,

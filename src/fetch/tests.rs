@@ -1,0 +1,205 @@
+//! The download engine without a node: a fake [`Swarm`], connections with no
+//! socket behind them (their frames land on an outbox), and answers delivered
+//! by hand.
+
+use super::*;
+use crate::manifest::PIECE_SIZE;
+use crate::peer::Outbox;
+use crate::wire::Frame;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use tokio::sync::{mpsc, watch};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct FakeSwarm {
+    banned: Mutex<Vec<u64>>,
+    rejected: AtomicU64,
+}
+
+impl Swarm for FakeSwarm {
+    fn connections(&self) -> Vec<Arc<PeerConn>> {
+        Vec::new()
+    }
+    fn dial_error(&self, _: &SocketAddr) -> Option<String> {
+        None
+    }
+    fn ban(&self, conn: &PeerConn, _: &str) {
+        self.banned.lock().unwrap().push(conn.conn_id);
+        conn.close(None);
+    }
+    fn broadcast_have(&self, _: Hash, _: u32) {}
+    fn piece_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+struct Harness {
+    swarm: Arc<FakeSwarm>,
+    events: mpsc::UnboundedSender<DownloadEvent>,
+    task: tokio::task::JoinHandle<Result<FetchOutcome, FetchError>>,
+    dir: tempfile::TempDir,
+}
+
+fn start(root: Hash, timeouts: Timeouts) -> Harness {
+    let swarm = Arc::new(FakeSwarm::default());
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env {
+        swarm: swarm.clone(),
+        store: Arc::new(Store::new()),
+        data_dir: None,
+        timeouts,
+        shutdown: CancellationToken::new(),
+    };
+    let opts = FetchOptions { output: Some(dir.path().join("out")), ..FetchOptions::default() };
+    let (events, rx) = mpsc::unbounded_channel();
+    let (progress, _) = watch::channel(Progress::default());
+    let task = tokio::spawn(download(env, root, opts, progress, rx));
+    Harness { swarm, events, task, dir }
+}
+
+fn join(h: &Harness, id: u64) -> (Arc<PeerConn>, Outbox) {
+    let (conn, outbox) = PeerConn::detached(id);
+    h.events.send(DownloadEvent::PeerJoined(conn.clone())).unwrap();
+    (conn, outbox)
+}
+
+/// The next ASK sent on a connection, skipping other frames.
+async fn next_ask(out: &mut Outbox) -> Hash {
+    loop {
+        match tokio::time::timeout(PATIENCE, out.0.recv()).await.expect("no ASK in time") {
+            Some(Frame::Ask(h)) => return h,
+            Some(_) => {}
+            None => panic!("connection gone"),
+        }
+    }
+}
+
+/// Frames sent so far, without waiting.
+fn sent(out: &mut Outbox) -> Vec<Frame> {
+    std::iter::from_fn(|| out.0.try_recv().ok()).collect()
+}
+
+fn pieces(n: usize, last: usize) -> Vec<Vec<u8>> {
+    let mut rng = fastrand::Rng::with_seed(7);
+    (0..n)
+        .map(|i| {
+            let len = if i + 1 == n { last } else { PIECE_SIZE as usize };
+            let mut v = vec![0u8; len];
+            rng.fill(&mut v);
+            v
+        })
+        .collect()
+}
+
+/// Hands over the manifest and hash lists of `info` through `conn`.
+async fn give_meta(conn: &PeerConn, out: &mut Outbox, info: &FileInfo) {
+    assert_eq!(next_ask(out).await, info.root, "the root is asked first");
+    assert!(conn.deliver_give(info.root, info.manifest_blob.clone()));
+    for (h, list) in info.manifest.lists.iter().zip(&info.lists) {
+        assert_eq!(next_ask(out).await, *h);
+        assert!(conn.deliver_give(*h, list.clone()));
+    }
+}
+
+fn full_bitfield(n: usize) -> Bytes {
+    crate::bitfield::to_bytes(bitvec::bitvec![u8, bitvec::order::Msb0; 1; n])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asks_follow_each_peers_window_and_the_download_wide_cap() {
+    let data = pieces(24, 1000);
+    let hashes: Vec<Hash> = data.iter().map(|d| Hash::of(d)).collect();
+    let size = 23 * PIECE_SIZE + 1000;
+    let info = FileInfo::new("f", size, hashes);
+    let h = start(info.root, Timeouts::default());
+    let (c1, mut o1) = join(&h, 1);
+    give_meta(&c1, &mut o1, &info).await;
+    // Bitfield unknown: one ASK at a time.
+    next_ask(&mut o1).await;
+    h.events.send(DownloadEvent::Bitfield { conn: 1, bits: full_bitfield(24) }).unwrap();
+    // Known but no rate yet: four.
+    for _ in 0..3 {
+        next_ask(&mut o1).await;
+    }
+    let mut outboxes = vec![o1];
+    for id in 2..=5 {
+        let (_, mut o) = join(&h, id);
+        h.events.send(DownloadEvent::Bitfield { conn: id, bits: full_bitfield(24) }).unwrap();
+        if id <= 4 {
+            for _ in 0..4 {
+                next_ask(&mut o).await;
+            }
+        }
+        outboxes.push(o);
+    }
+    // Four peers with four ASKs each: the 16-blob cap. The fifth gets none,
+    // and no peer gets a fifth.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let extra: usize = outboxes.iter_mut().map(|o| sent(o).iter().filter(|f| matches!(f, Frame::Ask(_))).count()).sum();
+    assert_eq!(extra, 0, "more than {MAX_INFLIGHT} blobs in flight or a window overrun");
+    h.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piece_of_the_wrong_length_is_a_lie_and_fails_the_fetch_when_nobody_else_has_it() {
+    let mut data = pieces(3, 10);
+    data[1].truncate(PIECE_SIZE as usize - 1000); // a middle piece shorter than its slot
+    let hashes: Vec<Hash> = data.iter().map(|d| Hash::of(d)).collect();
+    let info = FileInfo::new("f", 2 * PIECE_SIZE + 10, hashes.clone());
+    let h = start(info.root, Timeouts::default());
+    let (c1, mut o1) = join(&h, 1);
+    give_meta(&c1, &mut o1, &info).await;
+    h.events.send(DownloadEvent::Bitfield { conn: 1, bits: full_bitfield(3) }).unwrap();
+    let responder = tokio::spawn(async move {
+        while let Ok(Some(f)) = tokio::time::timeout(PATIENCE, o1.0.recv()).await {
+            if let Frame::Ask(a) = f {
+                let i = hashes.iter().position(|x| *x == a).unwrap();
+                c1.deliver_give(a, Bytes::from(data[i].clone()));
+            }
+        }
+    });
+    let result = tokio::time::timeout(PATIENCE, h.task).await.expect("the fetch did not end").unwrap();
+    match result {
+        Err(FetchError::BadPiece { index: 1, .. }) => {}
+        other => panic!("expected piece 1 to be refused, got {other:?}"),
+    }
+    assert_eq!(*h.swarm.banned.lock().unwrap(), vec![1], "the sender is banned");
+    assert!(h.swarm.rejected.load(Ordering::Relaxed) >= 1);
+    assert!(!h.dir.path().join("out").exists(), "nothing under the final name");
+    responder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_asks_are_withdrawn_and_move_to_another_peer() {
+    let data = pieces(2, 10);
+    let hashes: Vec<Hash> = data.iter().map(|d| Hash::of(d)).collect();
+    let info = FileInfo::new("f", PIECE_SIZE + 10, hashes);
+    let timeouts = Timeouts { ask: Duration::from_secs(1), ..Timeouts::default() };
+    let h = start(info.root, timeouts);
+    let (c1, mut o1) = join(&h, 1);
+    give_meta(&c1, &mut o1, &info).await;
+    h.events.send(DownloadEvent::Bitfield { conn: 1, bits: full_bitfield(2) }).unwrap();
+    let asked = [next_ask(&mut o1).await, next_ask(&mut o1).await];
+    let (_c2, mut o2) = join(&h, 2);
+    // The silent peer's ASKs are cancelled after the ASK time-out ...
+    let mut cancelled = Vec::new();
+    while cancelled.len() < 2 {
+        match tokio::time::timeout(PATIENCE, o1.0.recv()).await.expect("no CANCEL in time") {
+            Some(Frame::Cancel(x)) => cancelled.push(x),
+            Some(_) => {}
+            None => panic!("connection gone"),
+        }
+    }
+    cancelled.sort();
+    let mut expected = asked.to_vec();
+    expected.sort();
+    assert_eq!(cancelled, expected);
+    // ... and asked of the other peer once it says what it has.
+    h.events.send(DownloadEvent::Bitfield { conn: 2, bits: full_bitfield(2) }).unwrap();
+    let mut moved = [next_ask(&mut o2).await, next_ask(&mut o2).await];
+    moved.sort();
+    assert_eq!(moved.to_vec(), expected);
+    h.task.abort();
+}
