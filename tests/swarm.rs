@@ -11,9 +11,7 @@ use pex::wire::{Frame, Hello, RejectCode};
 use pex::{Config, FetchError, Hash, NodeId};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 const MIB: usize = PIECE_SIZE as usize;
 
@@ -67,59 +65,10 @@ async fn existing_output_is_never_overwritten_and_unknown_roots_fail_clearly() {
     assert!(matches!(err, FetchError::NotFound(_)), "{err}");
 }
 
-/// A peer that serves the right manifest and lists but corrupt pieces, to any
-/// number of connections; reports each REJECT code it is sent.
-async fn corrupting_peer(info: Arc<FileInfo>) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<u8>) {
-    let listener = TcpListener::bind("[::1]:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let id = NodeId::random();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let (info, tx) = (info.clone(), tx.clone());
-            tokio::spawn(async move {
-                let (r, w) = stream.into_split();
-                let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w));
-                // Like a real peer, it reads while it writes, so it sees our REJECT.
-                let (out, mut queue) = tokio::sync::mpsc::unbounded_channel::<Frame>();
-                tokio::spawn(async move {
-                    let hello = Frame::Hello(Hello { node_id: id, listen_port: addr.port() });
-                    let _ = writer.write_frame(&hello, None).await;
-                    let _ = writer.write_frame(&Frame::Peers(vec![]), None).await;
-                    while let Some(f) = queue.recv().await {
-                        if writer.write_frame(&f, None).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-                while let Ok(Some(frame)) = reader.read_frame().await {
-                    let reply = match frame {
-                        Frame::Ask(h) if h == info.root => Frame::Give { hash: h, data: info.manifest_blob.clone() },
-                        Frame::Ask(h) if info.manifest.lists.contains(&h) => {
-                            Frame::Give { hash: h, data: info.lists[0].clone() }
-                        }
-                        Frame::Ask(h) => Frame::Give { hash: h, data: Bytes::from(vec![0xEE; MIB]) },
-                        Frame::Bitfield { root, .. } => {
-                            let n = info.pieces.len();
-                            let mut bits = vec![0xFFu8; n.div_ceil(8)];
-                            if n % 8 != 0 {
-                                *bits.last_mut().unwrap() = 0xFF << (8 - n % 8);
-                            }
-                            Frame::Bitfield { root, bits: bits.into() }
-                        }
-                        Frame::Reject { code, .. } => {
-                            let _ = tx.send(code);
-                            return;
-                        }
-                        _ => continue,
-                    };
-                    let _ = out.send(reply);
-                }
-            });
-        }
-    });
-    (addr, rx)
+/// A peer that serves `info`'s manifest and lists, claims every piece, and
+/// answers every ASK for a piece with garbage.
+async fn corrupting_peer(info: &FileInfo) -> FakePeer {
+    FakePeer::new().serving_meta(info).claiming_all(info).corrupting().start().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,14 +78,13 @@ async fn a_corrupting_peer_is_banned_and_the_fetch_completes_from_an_honest_one(
     // The honest seeder is slow, so the liar is certainly asked for pieces.
     let slow = Config { max_upload_rate: Some(2 << 20), ..test_config() };
     let (_seeder, info, honest) = seeder(dir.path(), "f", &bytes, slow).await;
-    let (liar, mut rejects) = corrupting_peer(info.clone()).await;
+    let liar = corrupting_peer(&info).await;
     let fetcher = node_in(&dir.path().join("f-data"), test_config()).await;
     let out = dir.path().join("out");
-    fetch(&fetcher, info.root, vec![liar, honest], out.clone()).await.unwrap();
+    fetch(&fetcher, info.root, vec![liar.addr, honest], out.clone()).await.unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
     assert!(fetcher.stats().pieces_rejected >= 1);
-    let code = tokio::time::timeout(PATIENCE, rejects.recv()).await.unwrap();
-    assert_eq!(code, Some(RejectCode::Misbehaving as u8));
+    assert_eq!(liar.next_reject().await, RejectCode::Misbehaving as u8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,17 +325,17 @@ async fn a_liar_in_the_swarm_is_banned_by_every_fetcher_that_meets_it() {
     let bytes = data(6 * MIB, 13);
     let (_seeder, info, honest) =
         seeder(dir.path(), "f", &bytes, Config { max_upload_rate: Some(4 << 20), ..test_config() }).await;
-    let (liar, mut rejects) = corrupting_peer(info.clone()).await;
+    let liar = corrupting_peer(&info).await;
     let fetchers =
         [node_in(&dir.path().join("x"), test_config()).await, node_in(&dir.path().join("y"), test_config()).await];
-    let outs = fetch_all(&fetchers, info.root, vec![vec![liar, honest], vec![liar, honest]], dir.path()).await;
+    let peers = vec![vec![liar.addr, honest], vec![liar.addr, honest]];
+    let outs = fetch_all(&fetchers, info.root, peers, dir.path()).await;
     for (f, out) in fetchers.iter().zip(outs) {
         assert!(std::fs::read(&out).unwrap() == bytes);
         assert!(f.stats().pieces_rejected >= 1);
     }
     for _ in 0..2 {
-        let code = tokio::time::timeout(PATIENCE, rejects.recv()).await.unwrap();
-        assert_eq!(code, Some(RejectCode::Misbehaving as u8));
+        assert_eq!(liar.next_reject().await, RejectCode::Misbehaving as u8);
     }
 }
 
@@ -455,36 +403,6 @@ async fn a_seeded_file_truncated_or_rewritten_under_load_stops_being_served_and_
     assert_eq!(fresh.next().await, Some(Frame::DontHave(other_info.pieces[0])));
 }
 
-/// Serves the given blobs by hash (DONT_HAVE for anything else) to any connection.
-async fn fake_seeder(blobs: Vec<Bytes>) -> SocketAddr {
-    let listener = TcpListener::bind("[::1]:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let blobs: std::collections::HashMap<Hash, Bytes> = blobs.into_iter().map(|b| (Hash::of(&b), b)).collect();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let blobs = blobs.clone();
-            tokio::spawn(async move {
-                let (r, w) = stream.into_split();
-                let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w));
-                let hello = Frame::Hello(Hello { node_id: NodeId::random(), listen_port: addr.port() });
-                let _ = writer.write_frame(&hello, None).await;
-                while let Ok(Some(frame)) = reader.read_frame().await {
-                    if let Frame::Ask(h) = frame {
-                        let reply = match blobs.get(&h) {
-                            Some(data) => Frame::Give { hash: h, data: data.clone() },
-                            None => Frame::DontHave(h),
-                        };
-                        if writer.write_frame(&reply, None).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_manifests_are_refused_with_a_clear_error_before_anything_is_written() {
     use pex::manifest::{Manifest, MANIFEST_MAGIC};
@@ -506,9 +424,9 @@ async fn hostile_manifests_are_refused_with_a_clear_error_before_anything_is_wri
     cases.push(("truncated", truncated.into()));
     for (i, (expect, blob)) in cases.into_iter().enumerate() {
         let root = Hash::of(&blob);
-        let addr = fake_seeder(vec![blob, list.clone()]).await;
+        let peer = FakePeer::new().serving([blob, list.clone()]).start().await;
         let out = dir.path().join(format!("out{i}"));
-        let err = fetch(&fetcher, root, vec![addr], out.clone()).await.unwrap_err();
+        let err = fetch(&fetcher, root, vec![peer.addr], out.clone()).await.unwrap_err();
         assert!(matches!(err, FetchError::BadManifest { .. }), "case {i}: {err}");
         assert!(err.to_string().contains(expect), "case {i}: {err}");
         assert!(!out.exists() && !pex::fetch::part_path(&out).exists(), "case {i} wrote something");
@@ -518,28 +436,11 @@ async fn hostile_manifests_are_refused_with_a_clear_error_before_anything_is_wri
     let lists = Manifest::lists_for(Manifest::pieces_for(size)) as usize;
     let huge = Manifest { name: "huge".into(), size, lists: vec![Hash::of(b"l"); lists] }.encode();
     let root = Hash::of(&huge);
-    let addr = fake_seeder(vec![huge]).await;
-    let err = fetch(&fetcher, root, vec![addr], dir.path().join("huge")).await.unwrap_err();
+    let peer = FakePeer::new().serving([huge]).start().await;
+    let err = fetch(&fetcher, root, vec![peer.addr], dir.path().join("huge")).await.unwrap_err();
     let text = err.to_string();
     assert!(text.contains("not enough disk space") && text.contains(&size.to_string()), "{text}");
     assert!(!pex::fetch::part_path(&dir.path().join("huge")).exists());
-}
-
-/// A peer that completes the handshake and then never answers anything.
-async fn silent_peer() -> SocketAddr {
-    let listener = TcpListener::bind("[::1]:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            let (r, w) = stream.into_split();
-            let mut writer = FrameWriter::new(w);
-            let hello = Frame::Hello(Hello { node_id: NodeId::random(), listen_port: addr.port() });
-            let _ = writer.write_frame(&hello, None).await;
-            held.push((r, writer));
-        }
-    });
-    addr
 }
 
 fn short_timeouts() -> Config {
@@ -551,17 +452,17 @@ async fn asks_to_a_silent_peer_move_elsewhere_and_silence_alone_ends_with_a_clea
     let dir = tempfile::tempdir().unwrap();
     let bytes = data(3 * MIB, 18);
     let (_seeder, info, honest) = seeder(dir.path(), "f", &bytes, test_config()).await;
-    let mute = silent_peer().await;
+    let mute = FakePeer::new().silent().start().await;
     let fetcher = node_in(&dir.path().join("fetcher"), short_timeouts()).await;
     let out = dir.path().join("out");
-    fetch(&fetcher, info.root, vec![mute, honest], out.clone()).await.unwrap();
+    fetch(&fetcher, info.root, vec![mute.addr, honest], out.clone()).await.unwrap();
     assert!(std::fs::read(&out).unwrap() == bytes);
     // With only the silent peer: a clear error, not a hang.
     let lonely = node_in(&dir.path().join("lonely"), short_timeouts()).await;
     let (tx, _rx) = tokio::sync::watch::channel(pex::Progress::default());
     let opts = pex::FetchOptions {
         output: Some(dir.path().join("never")),
-        peers: vec![mute],
+        peers: vec![mute.addr],
         give_up_after: Duration::from_secs(3),
         ..Default::default()
     };
