@@ -690,3 +690,68 @@ async fn a_bootstrap_node_introduces_verified_peers_only() {
     assert!(!shared.iter().any(|a| a.port() == dead_port), "{shared:?}");
     drop(claimer);
 }
+
+/// A file described by hand: its manifest, one hash list naming `pieces`, and the blobs.
+fn file_of(name: &str, size: u64, pieces: &[Bytes]) -> (Hash, Vec<Bytes>) {
+    use pex::manifest::Manifest;
+    let list: Vec<u8> = pieces.iter().flat_map(|p| Hash::of(p).0).collect();
+    let list = Bytes::from(list);
+    let manifest = Manifest { name: name.into(), size, lists: vec![Hash::of(&list)] }.encode();
+    let root = Hash::of(&manifest);
+    let mut blobs = vec![manifest, list];
+    blobs.extend(pieces.iter().cloned());
+    (root, blobs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piece_of_the_wrong_length_is_rejected_even_though_its_hash_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let fetcher = node_in(&dir.path().join("f"), test_config()).await;
+    let piece = |len: usize, seed: u64| Bytes::from(data(len, seed));
+    let cases = [
+        // The hash list names, for the middle piece, a blob 1,000 bytes short of 1 MiB.
+        ("short middle piece", 3 * MIB as u64, vec![piece(MIB, 1), piece(MIB - 1000, 2), piece(MIB, 3)]),
+        // The last piece should be 5,000 bytes; the blob the list names has 4,000.
+        ("short last piece", 2 * MIB as u64 + 5000, vec![piece(MIB, 4), piece(MIB, 5), piece(4000, 6)]),
+        // And 6,000: longer than the file has room for.
+        ("long last piece", 2 * MIB as u64 + 5000, vec![piece(MIB, 7), piece(MIB, 8), piece(6000, 9)]),
+    ];
+    for (i, (case, size, pieces)) in cases.into_iter().enumerate() {
+        let (root, blobs) = file_of(&format!("f{i}"), size, &pieces);
+        let seeder = FakePeer::new().serving(blobs).start().await;
+        let out = dir.path().join(format!("out{i}"));
+        let rejected = fetcher.stats().pieces_rejected;
+        let result = fetch_with(&fetcher, root, failing_fetch(out.clone(), vec![seeder.addr])).await;
+        if let Ok(done) = &result {
+            let file = std::fs::read(&done.path).unwrap();
+            let hole = if i == 0 { &file[2 * MIB - 1000..2 * MIB] } else { &file[2 * MIB + 4000..] };
+            let zeros = hole.iter().all(|b| *b == 0);
+            panic!(
+                "{case}: the fetch succeeded: {} bytes at the output path, the bytes no piece gave all zero: {zeros}",
+                file.len()
+            );
+        }
+        assert!(!out.exists(), "{case}: something appeared at the output path");
+        assert!(fetcher.stats().pieces_rejected > rejected, "{case}: no piece was rejected");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hash_list_of_the_wrong_length_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fetcher = node_in(&dir.path().join("f"), test_config()).await;
+    let pieces: Vec<Bytes> = (0..3).map(|i| Bytes::from(data(MIB, 30 + i))).collect();
+    // A 3-piece file whose list names 2 pieces, and one whose list names 4.
+    for (i, (size, named)) in
+        [(3 * MIB as u64, &pieces[..2]), (3 * MIB as u64 - 1, &[&pieces[..], &pieces[..1]].concat()[..])]
+            .into_iter()
+            .enumerate()
+    {
+        let (root, blobs) = file_of(&format!("f{i}"), size, named);
+        let seeder = FakePeer::new().serving(blobs).start().await;
+        let out = dir.path().join(format!("out{i}"));
+        let err = fetch_with(&fetcher, root, failing_fetch(out.clone(), vec![seeder.addr])).await.unwrap_err();
+        assert!(matches!(err, FetchError::BadManifest { .. }), "case {i}: {err}");
+        assert!(!out.exists(), "case {i}: something appeared at the output path");
+    }
+}
