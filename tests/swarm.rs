@@ -755,3 +755,75 @@ async fn a_hash_list_of_the_wrong_length_is_refused() {
         assert!(!out.exists(), "case {i}: something appeared at the output path");
     }
 }
+
+/// Dials a node may make in [`REDIAL_WINDOW`] to a peer that ends every connection:
+/// a back-off starting at 0.5 s and doubling allows about 5.
+const MAX_REDIALS: usize = 12;
+const REDIAL_WINDOW: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_ends_every_connection_is_redialled_with_backoff_not_in_a_storm() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("served");
+    std::fs::write(&src, data(3 * MIB + 5, 40)).unwrap();
+    let mut runs = Vec::new();
+    for i in 0..5 {
+        // Each node serves a 4-piece file; behaviour (b) sends a BITFIELD for it of the wrong length.
+        let node = node_in(&dir.path().join(format!("n{i}")), test_config()).await;
+        let info = node.seed(&src, |_| {}).await.unwrap();
+        let reject = |code: u8| Step::Frame(Frame::Reject { code, reason: "go away".into() });
+        let (what, script) = match i {
+            // An ASK with a 31-byte hash (vector ask_short).
+            0 => ("a malformed frame", vec![Step::Bytes(hex(ASK_SHORT).into())]),
+            1 => (
+                "a BITFIELD of the wrong length",
+                vec![Step::Frame(Frame::Bitfield { root: info.root, bits: Bytes::from_static(&[0xF0, 0]) })],
+            ),
+            2 => ("REJECT(2)", vec![reject(RejectCode::PeerLimit as u8), Step::Close]),
+            3 => ("REJECT(6)", vec![reject(RejectCode::ShuttingDown as u8), Step::Close]),
+            _ => ("a close", vec![Step::Close]),
+        };
+        let peer = FakePeer::new().then(script).start().await;
+        runs.push((what, node, peer));
+    }
+    let start = tokio::time::Instant::now();
+    for (_, node, peer) in &runs {
+        node.add_peer(peer.addr);
+    }
+    // Each node's dials in the window, or as soon as there are too many (that node is then
+    // stopped: a storm slows every other test on the machine).
+    let mut seen: Vec<Option<(usize, Duration)>> = vec![None; runs.len()];
+    while seen.iter().any(Option::is_none) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let elapsed = start.elapsed();
+        for ((_, node, peer), seen) in runs.iter().zip(&mut seen) {
+            if seen.is_none() && peer.accepted() > MAX_REDIALS {
+                *seen = Some((peer.accepted(), elapsed));
+                node.shutdown_token().cancel();
+            } else if seen.is_none() && elapsed >= REDIAL_WINDOW {
+                *seen = Some((peer.accepted(), elapsed));
+            }
+        }
+    }
+    let report: Vec<String> = runs
+        .iter()
+        .zip(&seen)
+        .map(|((what, _, _), s)| {
+            let (dials, t) = s.unwrap();
+            format!("after {what}: {dials} in {:.2} s", t.as_secs_f64())
+        })
+        .collect();
+    assert!(
+        seen.iter().all(|s| s.unwrap().0 <= MAX_REDIALS),
+        "dials to a peer that ends every connection (at most {MAX_REDIALS} in {} s allowed): {}",
+        REDIAL_WINDOW.as_secs(),
+        report.join(", ")
+    );
+    // The connections did end the way each case says (a handshake, then the peer's move).
+    for (what, node, peer) in &runs {
+        wait_until(&format!("a handshake completed before {what}"), || peer.handshakes() >= 1).await;
+        node.shutdown().await;
+    }
+}
+
+const ASK_SHORT: &str = "0000002000262f0d56e252a408a2cd66e65f1b32cca3633518067a7a773ab27184979893";
