@@ -827,3 +827,27 @@ async fn a_peer_that_ends_every_connection_is_redialled_with_backoff_not_in_a_st
 }
 
 const ASK_SHORT: &str = "0000002000262f0d56e252a408a2cd66e65f1b32cca3633518067a7a773ab27184979893";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_peer_is_never_dialled_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(4 * MIB, 41);
+    // The honest seeder is slow, so the liar is certainly asked for pieces.
+    let slow = Config { max_upload_rate: Some(2 << 20), ..test_config() };
+    let (_seeder, info, honest) = seeder(dir.path(), "f", &bytes, slow).await;
+    let liar = corrupting_peer(&info).await;
+    let fetcher = node_in(&dir.path().join("f-data"), test_config()).await;
+    fetch(&fetcher, info.root, vec![liar.addr, honest], dir.path().join("out")).await.unwrap();
+    let (code, banned_at) = liar.next_reject_at().await;
+    assert_eq!(code, RejectCode::Misbehaving as u8);
+    // Even asked to, the node does not dial it again; the control shows that it dials meanwhile.
+    fetcher.add_peer(liar.addr);
+    let control = FakePeer::new().then([Step::Close]).start().await;
+    fetcher.add_peer(control.addr);
+    let watch_from = tokio::time::Instant::now();
+    wait_until("the control was dialled 3 times over 3 s", || {
+        control.accepted() >= 3 && watch_from.elapsed() >= Duration::from_secs(3)
+    })
+    .await;
+    assert_eq!(liar.accepted_since(banned_at), 0, "the banned peer was dialled again");
+}
