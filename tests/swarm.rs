@@ -851,3 +851,59 @@ async fn a_banned_peer_is_never_dialled_again() {
     .await;
     assert_eq!(liar.accepted_since(banned_at), 0, "the banned peer was dialled again");
 }
+
+/// Addresses no node may dial: broadcast, unspecified, multicast, port 0. The two
+/// unspecified ones use `trap`'s port: Linux connects `[::]` to `[::1]`, so a dial of
+/// `[::]:port` would reach the trap and show in its count (and not as a dial error).
+fn undialable(trap: &FakePeer) -> Vec<SocketAddr> {
+    let p = trap.addr.port();
+    [
+        "[::ffff:255.255.255.255]:9000".to_owned(),
+        "255.255.255.255:9000".to_owned(),
+        format!("[::ffff:0.0.0.0]:{p}"),
+        format!("0.0.0.0:{p}"),
+        format!("[::]:{p}"),
+        "[ff02::1]:9000".to_owned(),
+        "[::ffff:224.0.0.1]:9000".to_owned(),
+        "224.0.0.1:9000".to_owned(),
+        "[::1]:0".to_owned(),
+    ]
+    .iter()
+    .map(|a| a.parse().unwrap())
+    .collect()
+}
+
+/// Waits until `node` has dialled `control` (a peer that closes at once) twice, which
+/// takes it through its dial queue at least twice; then no address in `never` may
+/// have been dialled.
+async fn assert_never_dialled(node: &pex::Node, control: &FakePeer, trap: &FakePeer, never: &[SocketAddr]) {
+    wait_until("the control was dialled twice", || control.accepted() >= 2 && node.dial_error(&control.addr).is_some())
+        .await;
+    let mut dialled: Vec<String> =
+        never.iter().filter_map(|a| node.dial_error(a).map(|e| format!("{a} ({e})"))).collect();
+    if trap.accepted() > 0 {
+        dialled.push(format!("[::]:{} (reached [::1] {} times)", trap.addr.port(), trap.accepted()));
+    }
+    assert!(dialled.is_empty(), "dialled: {}", dialled.join(", "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_unspecified_multicast_and_port_zero_addresses_are_never_dialled() {
+    let dir = tempfile::tempdir().unwrap();
+    let trap = FakePeer::new().start().await;
+    let never = undialable(&trap);
+    // Learned from a peer's PEERS, along with the control.
+    let control = FakePeer::new().no_hello().start().await;
+    let gossip = FakePeer::new().advertising(never.iter().copied().chain([control.addr])).start().await;
+    let node = node_in(&dir.path().join("a"), test_config()).await;
+    node.add_peer(gossip.addr);
+    assert_never_dialled(&node, &control, &trap, &never).await;
+    // Given by the user.
+    let control = FakePeer::new().no_hello().start().await;
+    let node = node_in(&dir.path().join("b"), test_config()).await;
+    for a in &never {
+        node.add_peer(*a);
+    }
+    node.add_peer(control.addr);
+    assert_never_dialled(&node, &control, &trap, &never).await;
+}
