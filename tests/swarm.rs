@@ -907,3 +907,79 @@ async fn broadcast_unspecified_multicast_and_port_zero_addresses_are_never_diall
     node.add_peer(control.addr);
     assert_never_dialled(&node, &control, &trap, &never).await;
 }
+
+/// Files under `dir`, at any depth, whose contents mention `needle`.
+fn files_mentioning(dir: &std::path::Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_mentioning(&path, needle));
+        } else if std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_that_fails_before_any_piece_is_verified_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let fetcher = node_in(&dir.path().join("f"), test_config()).await;
+    let data_dir = fetcher.data_dir().unwrap().path().to_owned();
+    let pieces: Vec<Bytes> = (0..3).map(|i| Bytes::from(data(MIB, 50 + i))).collect();
+    let (short_root, short_list) = file_of("short", 3 * MIB as u64, &pieces[..2]);
+    let (corrupt_root, corrupt) = file_of("corrupt", 3 * MIB as u64, &pieces);
+    let (missing_root, missing) = file_of("missing", 3 * MIB as u64, &pieces);
+    let cases = [
+        ("a hash list one hash short", short_root, FakePeer::new().serving(short_list)),
+        // Manifest and list only: every piece is answered with garbage, or with DONT_HAVE.
+        ("pieces that never verify", corrupt_root, FakePeer::new().serving(corrupt[..2].to_vec()).corrupting()),
+        ("pieces nobody has", missing_root, FakePeer::new().serving(missing[..2].to_vec())),
+    ];
+    for (i, (case, root, peer)) in cases.into_iter().enumerate() {
+        let peer = peer.start().await;
+        let out = dir.path().join(format!("out{i}"));
+        let part = pex::fetch::part_path(&out);
+        let err = fetch_with(&fetcher, root, failing_fetch(out.clone(), vec![peer.addr])).await.unwrap_err();
+        let part_name = part.file_name().unwrap().to_str().unwrap();
+        let records = files_mentioning(&data_dir, part_name);
+        assert!(!out.exists(), "{case} ({err}): something appeared at the output path");
+        assert!(!part.exists(), "{case} ({err}): {} was left behind", part.display());
+        assert!(
+            fetcher.data_dir().unwrap().load_partial(&root).unwrap().is_none(),
+            "{case}: a partial record was left"
+        );
+        assert!(records.is_empty(), "{case}: left behind, naming the .part: {records:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_that_fails_after_verifying_a_piece_keeps_the_part_and_its_record_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(3 * MIB, 53);
+    let (_seeder, info, honest) = seeder(dir.path(), "f", &bytes, test_config()).await;
+    // A peer with only the first piece (it says so when asked for its BITFIELD).
+    let partial = FakePeer::new()
+        .serving_meta(&info)
+        .serving([Bytes::copy_from_slice(&bytes[..MIB])])
+        .bitfield(info.root, Bytes::from_static(&[0x80]))
+        .start()
+        .await;
+    let fetcher = node_in(&dir.path().join("fetcher"), test_config()).await;
+    let data_dir = fetcher.data_dir().unwrap().path().to_owned();
+    let out = dir.path().join("out");
+    let part = pex::fetch::part_path(&out);
+    let err = fetch_with(&fetcher, info.root, failing_fetch(out.clone(), vec![partial.addr])).await.unwrap_err();
+    assert!(!out.exists(), "{err}");
+    assert!(part.exists(), "{err}: the .part holding a verified piece is gone");
+    assert!(fetcher.data_dir().unwrap().load_partial(&info.root).unwrap().is_some(), "{err}: no partial record");
+    let part_name = part.file_name().unwrap().to_str().unwrap();
+    assert!(!files_mentioning(&data_dir, part_name).is_empty(), "no record in the data directory names the .part");
+    // The same command again, now with a peer that has it all, resumes.
+    let outcome = fetch(&fetcher, info.root, vec![honest], out.clone()).await.unwrap();
+    assert_eq!(outcome.resumed_bytes, MIB as u64);
+    assert!(std::fs::read(&out).unwrap() == bytes);
+    assert!(!part.exists());
+    assert!(fetcher.data_dir().unwrap().load_partial(&info.root).unwrap().is_none());
+}
