@@ -983,3 +983,20 @@ async fn a_fetch_that_fails_after_verifying_a_piece_keeps_the_part_and_its_recor
     assert!(!part.exists());
     assert!(fetcher.data_dir().unwrap().load_partial(&info.root).unwrap().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_name_of_255_bytes_seeds_and_fetches_byte_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    // The spec's longest name, in bytes (127 two-byte characters and one more).
+    let name = "é".repeat(127) + "x";
+    assert_eq!(name.len(), pex::manifest::MAX_NAME_LEN);
+    let bytes = data(2 * MIB + 3, 54);
+    let (_seeder, info, addr) = seeder(&dir.path().join("s").tap_mkdir(), &name, &bytes, test_config()).await;
+    assert_eq!(info.manifest.name, name);
+    let fetcher = node_in(&dir.path().join("fetcher"), test_config()).await;
+    let out_dir = dir.path().join("out").tap_mkdir();
+    let outcome = fetch(&fetcher, info.root, vec![addr], out_dir.join(&name)).await.unwrap();
+    assert!(std::fs::read(&outcome.path).unwrap() == bytes);
+    let names: Vec<_> = std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, [std::ffi::OsString::from(&name)], "only the file itself is left");
+}
