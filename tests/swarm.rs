@@ -11,9 +11,7 @@ use pex::wire::{Frame, Hello, RejectCode};
 use pex::{Config, FetchError, Hash, NodeId};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 const MIB: usize = PIECE_SIZE as usize;
 
@@ -67,59 +65,10 @@ async fn existing_output_is_never_overwritten_and_unknown_roots_fail_clearly() {
     assert!(matches!(err, FetchError::NotFound(_)), "{err}");
 }
 
-/// A peer that serves the right manifest and lists but corrupt pieces, to any
-/// number of connections; reports each REJECT code it is sent.
-async fn corrupting_peer(info: Arc<FileInfo>) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<u8>) {
-    let listener = TcpListener::bind("[::1]:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let id = NodeId::random();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let (info, tx) = (info.clone(), tx.clone());
-            tokio::spawn(async move {
-                let (r, w) = stream.into_split();
-                let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w));
-                // Like a real peer, it reads while it writes, so it sees our REJECT.
-                let (out, mut queue) = tokio::sync::mpsc::unbounded_channel::<Frame>();
-                tokio::spawn(async move {
-                    let hello = Frame::Hello(Hello { node_id: id, listen_port: addr.port() });
-                    let _ = writer.write_frame(&hello, None).await;
-                    let _ = writer.write_frame(&Frame::Peers(vec![]), None).await;
-                    while let Some(f) = queue.recv().await {
-                        if writer.write_frame(&f, None).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-                while let Ok(Some(frame)) = reader.read_frame().await {
-                    let reply = match frame {
-                        Frame::Ask(h) if h == info.root => Frame::Give { hash: h, data: info.manifest_blob.clone() },
-                        Frame::Ask(h) if info.manifest.lists.contains(&h) => {
-                            Frame::Give { hash: h, data: info.lists[0].clone() }
-                        }
-                        Frame::Ask(h) => Frame::Give { hash: h, data: Bytes::from(vec![0xEE; MIB]) },
-                        Frame::Bitfield { root, .. } => {
-                            let n = info.pieces.len();
-                            let mut bits = vec![0xFFu8; n.div_ceil(8)];
-                            if n % 8 != 0 {
-                                *bits.last_mut().unwrap() = 0xFF << (8 - n % 8);
-                            }
-                            Frame::Bitfield { root, bits: bits.into() }
-                        }
-                        Frame::Reject { code, .. } => {
-                            let _ = tx.send(code);
-                            return;
-                        }
-                        _ => continue,
-                    };
-                    let _ = out.send(reply);
-                }
-            });
-        }
-    });
-    (addr, rx)
+/// A peer that serves `info`'s manifest and lists, claims every piece, and
+/// answers every ASK for a piece with garbage.
+async fn corrupting_peer(info: &FileInfo) -> FakePeer {
+    FakePeer::new().serving_meta(info).claiming_all(info).corrupting().start().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,14 +78,13 @@ async fn a_corrupting_peer_is_banned_and_the_fetch_completes_from_an_honest_one(
     // The honest seeder is slow, so the liar is certainly asked for pieces.
     let slow = Config { max_upload_rate: Some(2 << 20), ..test_config() };
     let (_seeder, info, honest) = seeder(dir.path(), "f", &bytes, slow).await;
-    let (liar, mut rejects) = corrupting_peer(info.clone()).await;
+    let liar = corrupting_peer(&info).await;
     let fetcher = node_in(&dir.path().join("f-data"), test_config()).await;
     let out = dir.path().join("out");
-    fetch(&fetcher, info.root, vec![liar, honest], out.clone()).await.unwrap();
+    fetch(&fetcher, info.root, vec![liar.addr, honest], out.clone()).await.unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
     assert!(fetcher.stats().pieces_rejected >= 1);
-    let code = tokio::time::timeout(PATIENCE, rejects.recv()).await.unwrap();
-    assert_eq!(code, Some(RejectCode::Misbehaving as u8));
+    assert_eq!(liar.next_reject().await, RejectCode::Misbehaving as u8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,6 +168,7 @@ async fn malformed_frames_close_only_the_offending_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_connections_each_get_hello_or_peer_limit() {
+    let _turn = MANY_SOCKETS.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (seeder, _info, addr) = seeder(dir.path(), "f", b"x", test_config()).await;
     let mut conns = Vec::new();
@@ -377,17 +326,17 @@ async fn a_liar_in_the_swarm_is_banned_by_every_fetcher_that_meets_it() {
     let bytes = data(6 * MIB, 13);
     let (_seeder, info, honest) =
         seeder(dir.path(), "f", &bytes, Config { max_upload_rate: Some(4 << 20), ..test_config() }).await;
-    let (liar, mut rejects) = corrupting_peer(info.clone()).await;
+    let liar = corrupting_peer(&info).await;
     let fetchers =
         [node_in(&dir.path().join("x"), test_config()).await, node_in(&dir.path().join("y"), test_config()).await];
-    let outs = fetch_all(&fetchers, info.root, vec![vec![liar, honest], vec![liar, honest]], dir.path()).await;
+    let peers = vec![vec![liar.addr, honest], vec![liar.addr, honest]];
+    let outs = fetch_all(&fetchers, info.root, peers, dir.path()).await;
     for (f, out) in fetchers.iter().zip(outs) {
         assert!(std::fs::read(&out).unwrap() == bytes);
         assert!(f.stats().pieces_rejected >= 1);
     }
     for _ in 0..2 {
-        let code = tokio::time::timeout(PATIENCE, rejects.recv()).await.unwrap();
-        assert_eq!(code, Some(RejectCode::Misbehaving as u8));
+        assert_eq!(liar.next_reject().await, RejectCode::Misbehaving as u8);
     }
 }
 
@@ -455,36 +404,6 @@ async fn a_seeded_file_truncated_or_rewritten_under_load_stops_being_served_and_
     assert_eq!(fresh.next().await, Some(Frame::DontHave(other_info.pieces[0])));
 }
 
-/// Serves the given blobs by hash (DONT_HAVE for anything else) to any connection.
-async fn fake_seeder(blobs: Vec<Bytes>) -> SocketAddr {
-    let listener = TcpListener::bind("[::1]:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let blobs: std::collections::HashMap<Hash, Bytes> = blobs.into_iter().map(|b| (Hash::of(&b), b)).collect();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let blobs = blobs.clone();
-            tokio::spawn(async move {
-                let (r, w) = stream.into_split();
-                let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w));
-                let hello = Frame::Hello(Hello { node_id: NodeId::random(), listen_port: addr.port() });
-                let _ = writer.write_frame(&hello, None).await;
-                while let Ok(Some(frame)) = reader.read_frame().await {
-                    if let Frame::Ask(h) = frame {
-                        let reply = match blobs.get(&h) {
-                            Some(data) => Frame::Give { hash: h, data: data.clone() },
-                            None => Frame::DontHave(h),
-                        };
-                        if writer.write_frame(&reply, None).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_manifests_are_refused_with_a_clear_error_before_anything_is_written() {
     use pex::manifest::{Manifest, MANIFEST_MAGIC};
@@ -506,9 +425,9 @@ async fn hostile_manifests_are_refused_with_a_clear_error_before_anything_is_wri
     cases.push(("truncated", truncated.into()));
     for (i, (expect, blob)) in cases.into_iter().enumerate() {
         let root = Hash::of(&blob);
-        let addr = fake_seeder(vec![blob, list.clone()]).await;
+        let peer = FakePeer::new().serving([blob, list.clone()]).start().await;
         let out = dir.path().join(format!("out{i}"));
-        let err = fetch(&fetcher, root, vec![addr], out.clone()).await.unwrap_err();
+        let err = fetch(&fetcher, root, vec![peer.addr], out.clone()).await.unwrap_err();
         assert!(matches!(err, FetchError::BadManifest { .. }), "case {i}: {err}");
         assert!(err.to_string().contains(expect), "case {i}: {err}");
         assert!(!out.exists() && !pex::fetch::part_path(&out).exists(), "case {i} wrote something");
@@ -518,28 +437,11 @@ async fn hostile_manifests_are_refused_with_a_clear_error_before_anything_is_wri
     let lists = Manifest::lists_for(Manifest::pieces_for(size)) as usize;
     let huge = Manifest { name: "huge".into(), size, lists: vec![Hash::of(b"l"); lists] }.encode();
     let root = Hash::of(&huge);
-    let addr = fake_seeder(vec![huge]).await;
-    let err = fetch(&fetcher, root, vec![addr], dir.path().join("huge")).await.unwrap_err();
+    let peer = FakePeer::new().serving([huge]).start().await;
+    let err = fetch(&fetcher, root, vec![peer.addr], dir.path().join("huge")).await.unwrap_err();
     let text = err.to_string();
     assert!(text.contains("not enough disk space") && text.contains(&size.to_string()), "{text}");
     assert!(!pex::fetch::part_path(&dir.path().join("huge")).exists());
-}
-
-/// A peer that completes the handshake and then never answers anything.
-async fn silent_peer() -> SocketAddr {
-    let listener = TcpListener::bind("[::1]:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            let (r, w) = stream.into_split();
-            let mut writer = FrameWriter::new(w);
-            let hello = Frame::Hello(Hello { node_id: NodeId::random(), listen_port: addr.port() });
-            let _ = writer.write_frame(&hello, None).await;
-            held.push((r, writer));
-        }
-    });
-    addr
 }
 
 fn short_timeouts() -> Config {
@@ -551,17 +453,17 @@ async fn asks_to_a_silent_peer_move_elsewhere_and_silence_alone_ends_with_a_clea
     let dir = tempfile::tempdir().unwrap();
     let bytes = data(3 * MIB, 18);
     let (_seeder, info, honest) = seeder(dir.path(), "f", &bytes, test_config()).await;
-    let mute = silent_peer().await;
+    let mute = FakePeer::new().silent().start().await;
     let fetcher = node_in(&dir.path().join("fetcher"), short_timeouts()).await;
     let out = dir.path().join("out");
-    fetch(&fetcher, info.root, vec![mute, honest], out.clone()).await.unwrap();
+    fetch(&fetcher, info.root, vec![mute.addr, honest], out.clone()).await.unwrap();
     assert!(std::fs::read(&out).unwrap() == bytes);
     // With only the silent peer: a clear error, not a hang.
     let lonely = node_in(&dir.path().join("lonely"), short_timeouts()).await;
     let (tx, _rx) = tokio::sync::watch::channel(pex::Progress::default());
     let opts = pex::FetchOptions {
         output: Some(dir.path().join("never")),
-        peers: vec![mute],
+        peers: vec![mute.addr],
         give_up_after: Duration::from_secs(3),
         ..Default::default()
     };
@@ -637,31 +539,81 @@ async fn without_pex_a_node_talks_only_to_the_peers_it_was_given() {
     }
 }
 
+/// Tests that open hundreds of sockets take turns: both ends of every connection
+/// are in this process, so together they could exceed its open-file limit.
+static MANY_SOCKETS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Raises this process's soft limit on open files to its hard limit; returns the
+/// soft limit now in force.
+fn raise_open_file_limit() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+}
+
+fn open_files() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_connection_attempts_meet_the_limit() {
+    const ATTEMPTS: usize = 1000;
+    let max = pex::node::DEFAULT_MAX_PEERS;
+    let _turn = MANY_SOCKETS.lock().await;
+    let limit = raise_open_file_limit();
     let dir = tempfile::tempdir().unwrap();
     let (seeder, info, addr) = seeder(dir.path(), "f", b"still here", test_config()).await;
-    let mut conns = Vec::new();
-    for _ in 0..1000 {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(s) => conns.push(s),
-            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}"),
+    // Every connection costs a descriptor at each end, and admitted ones stay open to the
+    // end. All attempts come in one burst when the limit allows (2 × 1,000 and some);
+    // under a lower limit (`ulimit -n 1024`) in bursts that fit, leaving room for the
+    // tests running alongside: either way many times the connection limit at once.
+    let room = limit.saturating_sub(open_files() + 256) / 2;
+    let burst = room.saturating_sub(max).min(ATTEMPTS);
+    assert!(burst >= 4 * max, "an open-file limit of {limit} leaves room for only {burst} connections at once");
+    // Admitted connections keep their slots to the end: no attempt, early or late, gets past the limit.
+    let (mut admitted, mut turned_away, mut attempts) = (Vec::new(), 0, 0);
+    while attempts < ATTEMPTS {
+        let n = burst.min(ATTEMPTS - attempts);
+        attempts += n;
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(s) => conns.push(s),
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+                    turned_away += 1;
+                }
+            }
+        }
+        for s in conns {
+            let (r, w) = s.into_split();
+            let mut raw = Raw { reader: FrameReader::new(r), writer: FrameWriter::new(w) };
+            let _ =
+                raw.writer.write_frame(&Frame::Hello(Hello { node_id: NodeId::random(), listen_port: 0 }), None).await;
+            match tokio::time::timeout(PATIENCE, raw.reader.read_frame()).await.unwrap() {
+                Ok(Some(Frame::Hello(_))) => admitted.push(raw),
+                Ok(Some(Frame::Reject { code, .. })) => {
+                    assert_eq!(code, RejectCode::PeerLimit as u8);
+                    turned_away += 1;
+                }
+                Ok(None) | Err(_) => turned_away += 1, // refused outright
+                Ok(Some(other)) => panic!("unexpected {other:?}"),
+            }
         }
     }
-    let mut hellos = 0;
-    for s in conns {
-        let (r, w) = s.into_split();
-        let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w));
-        let _ = writer.write_frame(&Frame::Hello(Hello { node_id: NodeId::random(), listen_port: 0 }), None).await;
-        match tokio::time::timeout(PATIENCE, reader.read_frame()).await.unwrap() {
-            Ok(Some(Frame::Hello(_))) => hellos += 1,
-            Ok(Some(Frame::Reject { code, .. })) => assert_eq!(code, RejectCode::PeerLimit as u8),
-            Ok(None) | Err(_) => {} // refused outright
-            Ok(Some(other)) => panic!("unexpected {other:?}"),
-        }
-    }
-    assert!(hellos <= pex::node::DEFAULT_MAX_PEERS, "{hellos} connections were admitted");
-    assert!(seeder.connected_peers() <= pex::node::DEFAULT_MAX_PEERS);
+    assert_eq!(admitted.len(), max, "connections admitted out of {ATTEMPTS} (bursts of {burst})");
+    assert_eq!(admitted.len() + turned_away, ATTEMPTS);
+    assert!(seeder.connected_peers() <= max);
+    drop(admitted);
     // And it still serves.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
@@ -737,4 +689,314 @@ async fn a_bootstrap_node_introduces_verified_peers_only() {
     assert!(shared.contains(&seeder_addr), "{shared:?}");
     assert!(!shared.iter().any(|a| a.port() == dead_port), "{shared:?}");
     drop(claimer);
+}
+
+/// A file described by hand: its manifest, one hash list naming `pieces`, and the blobs.
+fn file_of(name: &str, size: u64, pieces: &[Bytes]) -> (Hash, Vec<Bytes>) {
+    use pex::manifest::Manifest;
+    let list: Vec<u8> = pieces.iter().flat_map(|p| Hash::of(p).0).collect();
+    let list = Bytes::from(list);
+    let manifest = Manifest { name: name.into(), size, lists: vec![Hash::of(&list)] }.encode();
+    let root = Hash::of(&manifest);
+    let mut blobs = vec![manifest, list];
+    blobs.extend(pieces.iter().cloned());
+    (root, blobs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piece_of_the_wrong_length_is_rejected_even_though_its_hash_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let fetcher = node_in(&dir.path().join("f"), test_config()).await;
+    let piece = |len: usize, seed: u64| Bytes::from(data(len, seed));
+    let cases = [
+        // The hash list names, for the middle piece, a blob 1,000 bytes short of 1 MiB.
+        ("short middle piece", 3 * MIB as u64, vec![piece(MIB, 1), piece(MIB - 1000, 2), piece(MIB, 3)]),
+        // The last piece should be 5,000 bytes; the blob the list names has 4,000.
+        ("short last piece", 2 * MIB as u64 + 5000, vec![piece(MIB, 4), piece(MIB, 5), piece(4000, 6)]),
+        // And 6,000: longer than the file has room for.
+        ("long last piece", 2 * MIB as u64 + 5000, vec![piece(MIB, 7), piece(MIB, 8), piece(6000, 9)]),
+    ];
+    for (i, (case, size, pieces)) in cases.into_iter().enumerate() {
+        let (root, blobs) = file_of(&format!("f{i}"), size, &pieces);
+        let seeder = FakePeer::new().serving(blobs).start().await;
+        let out = dir.path().join(format!("out{i}"));
+        let rejected = fetcher.stats().pieces_rejected;
+        let result = fetch_with(&fetcher, root, failing_fetch(out.clone(), vec![seeder.addr])).await;
+        if let Ok(done) = &result {
+            let file = std::fs::read(&done.path).unwrap();
+            let hole = if i == 0 { &file[2 * MIB - 1000..2 * MIB] } else { &file[2 * MIB + 4000..] };
+            let zeros = hole.iter().all(|b| *b == 0);
+            panic!(
+                "{case}: the fetch succeeded: {} bytes at the output path, the bytes no piece gave all zero: {zeros}",
+                file.len()
+            );
+        }
+        assert!(!out.exists(), "{case}: something appeared at the output path");
+        assert!(fetcher.stats().pieces_rejected > rejected, "{case}: no piece was rejected");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hash_list_of_the_wrong_length_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fetcher = node_in(&dir.path().join("f"), test_config()).await;
+    let pieces: Vec<Bytes> = (0..3).map(|i| Bytes::from(data(MIB, 30 + i))).collect();
+    // A 3-piece file whose list names 2 pieces, and one whose list names 4.
+    for (i, (size, named)) in
+        [(3 * MIB as u64, &pieces[..2]), (3 * MIB as u64 - 1, &[&pieces[..], &pieces[..1]].concat()[..])]
+            .into_iter()
+            .enumerate()
+    {
+        let (root, blobs) = file_of(&format!("f{i}"), size, named);
+        let seeder = FakePeer::new().serving(blobs).start().await;
+        let out = dir.path().join(format!("out{i}"));
+        let err = fetch_with(&fetcher, root, failing_fetch(out.clone(), vec![seeder.addr])).await.unwrap_err();
+        assert!(matches!(err, FetchError::BadManifest { .. }), "case {i}: {err}");
+        assert!(!out.exists(), "case {i}: something appeared at the output path");
+    }
+}
+
+/// Dials a node may make in [`REDIAL_WINDOW`] to a peer that ends every connection:
+/// a back-off starting at 0.5 s and doubling allows about 5.
+const MAX_REDIALS: usize = 12;
+const REDIAL_WINDOW: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_ends_every_connection_is_redialled_with_backoff_not_in_a_storm() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("served");
+    std::fs::write(&src, data(3 * MIB + 5, 40)).unwrap();
+    let mut runs = Vec::new();
+    for i in 0..5 {
+        // Each node serves a 4-piece file; behaviour (b) sends a BITFIELD for it of the wrong length.
+        let node = node_in(&dir.path().join(format!("n{i}")), test_config()).await;
+        let info = node.seed(&src, |_| {}).await.unwrap();
+        let reject = |code: u8| Step::Frame(Frame::Reject { code, reason: "go away".into() });
+        let (what, script) = match i {
+            // An ASK with a 31-byte hash (vector ask_short).
+            0 => ("a malformed frame", vec![Step::Bytes(hex(ASK_SHORT).into())]),
+            1 => (
+                "a BITFIELD of the wrong length",
+                vec![Step::Frame(Frame::Bitfield { root: info.root, bits: Bytes::from_static(&[0xF0, 0]) })],
+            ),
+            2 => ("REJECT(2)", vec![reject(RejectCode::PeerLimit as u8), Step::Close]),
+            3 => ("REJECT(6)", vec![reject(RejectCode::ShuttingDown as u8), Step::Close]),
+            _ => ("a close", vec![Step::Close]),
+        };
+        let peer = FakePeer::new().then(script).start().await;
+        runs.push((what, node, peer));
+    }
+    let start = tokio::time::Instant::now();
+    for (_, node, peer) in &runs {
+        node.add_peer(peer.addr);
+    }
+    // Each node's dials in the window, or as soon as there are too many (that node is then
+    // stopped: a storm slows every other test on the machine).
+    let mut seen: Vec<Option<(usize, Duration)>> = vec![None; runs.len()];
+    while seen.iter().any(Option::is_none) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let elapsed = start.elapsed();
+        for ((_, node, peer), seen) in runs.iter().zip(&mut seen) {
+            if seen.is_none() && peer.accepted() > MAX_REDIALS {
+                *seen = Some((peer.accepted(), elapsed));
+                node.shutdown_token().cancel();
+            } else if seen.is_none() && elapsed >= REDIAL_WINDOW {
+                *seen = Some((peer.accepted(), elapsed));
+            }
+        }
+    }
+    let report: Vec<String> = runs
+        .iter()
+        .zip(&seen)
+        .map(|((what, _, _), s)| {
+            let (dials, t) = s.unwrap();
+            format!("after {what}: {dials} in {:.2} s", t.as_secs_f64())
+        })
+        .collect();
+    assert!(
+        seen.iter().all(|s| s.unwrap().0 <= MAX_REDIALS),
+        "dials to a peer that ends every connection (at most {MAX_REDIALS} in {} s allowed): {}",
+        REDIAL_WINDOW.as_secs(),
+        report.join(", ")
+    );
+    // The connections did end the way each case says (a handshake, then the peer's move).
+    for (what, node, peer) in &runs {
+        wait_until(&format!("a handshake completed before {what}"), || peer.handshakes() >= 1).await;
+        node.shutdown().await;
+    }
+}
+
+const ASK_SHORT: &str = "0000002000262f0d56e252a408a2cd66e65f1b32cca3633518067a7a773ab27184979893";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_peer_is_never_dialled_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(4 * MIB, 41);
+    // The honest seeder is slow, so the liar is certainly asked for pieces.
+    let slow = Config { max_upload_rate: Some(2 << 20), ..test_config() };
+    let (_seeder, info, honest) = seeder(dir.path(), "f", &bytes, slow).await;
+    let liar = corrupting_peer(&info).await;
+    let fetcher = node_in(&dir.path().join("f-data"), test_config()).await;
+    fetch(&fetcher, info.root, vec![liar.addr, honest], dir.path().join("out")).await.unwrap();
+    let (code, banned_at) = liar.next_reject_at().await;
+    assert_eq!(code, RejectCode::Misbehaving as u8);
+    // Even asked to, the node does not dial it again; the control shows that it dials meanwhile.
+    fetcher.add_peer(liar.addr);
+    let control = FakePeer::new().then([Step::Close]).start().await;
+    fetcher.add_peer(control.addr);
+    let watch_from = tokio::time::Instant::now();
+    wait_until("the control was dialled 3 times over 3 s", || {
+        control.accepted() >= 3 && watch_from.elapsed() >= Duration::from_secs(3)
+    })
+    .await;
+    assert_eq!(liar.accepted_since(banned_at), 0, "the banned peer was dialled again");
+}
+
+/// Addresses no node may dial: broadcast, unspecified, multicast, port 0. The two
+/// unspecified ones use `trap`'s port: Linux connects `[::]` to `[::1]`, so a dial of
+/// `[::]:port` would reach the trap and show in its count (and not as a dial error).
+fn undialable(trap: &FakePeer) -> Vec<SocketAddr> {
+    let p = trap.addr.port();
+    [
+        "[::ffff:255.255.255.255]:9000".to_owned(),
+        "255.255.255.255:9000".to_owned(),
+        format!("[::ffff:0.0.0.0]:{p}"),
+        format!("0.0.0.0:{p}"),
+        format!("[::]:{p}"),
+        "[ff02::1]:9000".to_owned(),
+        "[::ffff:224.0.0.1]:9000".to_owned(),
+        "224.0.0.1:9000".to_owned(),
+        "[::1]:0".to_owned(),
+    ]
+    .iter()
+    .map(|a| a.parse().unwrap())
+    .collect()
+}
+
+/// Waits until `node` has dialled `control` (a peer that closes at once) twice, which
+/// takes it through its dial queue at least twice; then no address in `never` may
+/// have been dialled.
+async fn assert_never_dialled(node: &pex::Node, control: &FakePeer, trap: &FakePeer, never: &[SocketAddr]) {
+    wait_until("the control was dialled twice", || control.accepted() >= 2 && node.dial_error(&control.addr).is_some())
+        .await;
+    let mut dialled: Vec<String> =
+        never.iter().filter_map(|a| node.dial_error(a).map(|e| format!("{a} ({e})"))).collect();
+    if trap.accepted() > 0 {
+        dialled.push(format!("[::]:{} (reached [::1] {} times)", trap.addr.port(), trap.accepted()));
+    }
+    assert!(dialled.is_empty(), "dialled: {}", dialled.join(", "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_unspecified_multicast_and_port_zero_addresses_are_never_dialled() {
+    let dir = tempfile::tempdir().unwrap();
+    let trap = FakePeer::new().start().await;
+    let never = undialable(&trap);
+    // Learned from a peer's PEERS, along with the control.
+    let control = FakePeer::new().no_hello().start().await;
+    let gossip = FakePeer::new().advertising(never.iter().copied().chain([control.addr])).start().await;
+    let node = node_in(&dir.path().join("a"), test_config()).await;
+    node.add_peer(gossip.addr);
+    assert_never_dialled(&node, &control, &trap, &never).await;
+    // Given by the user.
+    let control = FakePeer::new().no_hello().start().await;
+    let node = node_in(&dir.path().join("b"), test_config()).await;
+    for a in &never {
+        node.add_peer(*a);
+    }
+    node.add_peer(control.addr);
+    assert_never_dialled(&node, &control, &trap, &never).await;
+}
+
+/// Files under `dir`, at any depth, whose contents mention `needle`.
+fn files_mentioning(dir: &std::path::Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_mentioning(&path, needle));
+        } else if std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_that_fails_before_any_piece_is_verified_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let fetcher = node_in(&dir.path().join("f"), test_config()).await;
+    let data_dir = fetcher.data_dir().unwrap().path().to_owned();
+    let pieces: Vec<Bytes> = (0..3).map(|i| Bytes::from(data(MIB, 50 + i))).collect();
+    let (short_root, short_list) = file_of("short", 3 * MIB as u64, &pieces[..2]);
+    let (corrupt_root, corrupt) = file_of("corrupt", 3 * MIB as u64, &pieces);
+    let (missing_root, missing) = file_of("missing", 3 * MIB as u64, &pieces);
+    let cases = [
+        ("a hash list one hash short", short_root, FakePeer::new().serving(short_list)),
+        // Manifest and list only: every piece is answered with garbage, or with DONT_HAVE.
+        ("pieces that never verify", corrupt_root, FakePeer::new().serving(corrupt[..2].to_vec()).corrupting()),
+        ("pieces nobody has", missing_root, FakePeer::new().serving(missing[..2].to_vec())),
+    ];
+    for (i, (case, root, peer)) in cases.into_iter().enumerate() {
+        let peer = peer.start().await;
+        let out = dir.path().join(format!("out{i}"));
+        let part = pex::fetch::part_path(&out);
+        let err = fetch_with(&fetcher, root, failing_fetch(out.clone(), vec![peer.addr])).await.unwrap_err();
+        let part_name = part.file_name().unwrap().to_str().unwrap();
+        let records = files_mentioning(&data_dir, part_name);
+        assert!(!out.exists(), "{case} ({err}): something appeared at the output path");
+        assert!(!part.exists(), "{case} ({err}): {} was left behind", part.display());
+        assert!(
+            fetcher.data_dir().unwrap().load_partial(&root).unwrap().is_none(),
+            "{case}: a partial record was left"
+        );
+        assert!(records.is_empty(), "{case}: left behind, naming the .part: {records:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_that_fails_after_verifying_a_piece_keeps_the_part_and_its_record_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(3 * MIB, 53);
+    let (_seeder, info, honest) = seeder(dir.path(), "f", &bytes, test_config()).await;
+    // A peer with only the first piece (it says so when asked for its BITFIELD).
+    let partial = FakePeer::new()
+        .serving_meta(&info)
+        .serving([Bytes::copy_from_slice(&bytes[..MIB])])
+        .bitfield(info.root, Bytes::from_static(&[0x80]))
+        .start()
+        .await;
+    let fetcher = node_in(&dir.path().join("fetcher"), test_config()).await;
+    let data_dir = fetcher.data_dir().unwrap().path().to_owned();
+    let out = dir.path().join("out");
+    let part = pex::fetch::part_path(&out);
+    let err = fetch_with(&fetcher, info.root, failing_fetch(out.clone(), vec![partial.addr])).await.unwrap_err();
+    assert!(!out.exists(), "{err}");
+    assert!(part.exists(), "{err}: the .part holding a verified piece is gone");
+    assert!(fetcher.data_dir().unwrap().load_partial(&info.root).unwrap().is_some(), "{err}: no partial record");
+    let part_name = part.file_name().unwrap().to_str().unwrap();
+    assert!(!files_mentioning(&data_dir, part_name).is_empty(), "no record in the data directory names the .part");
+    // The same command again, now with a peer that has it all, resumes.
+    let outcome = fetch(&fetcher, info.root, vec![honest], out.clone()).await.unwrap();
+    assert_eq!(outcome.resumed_bytes, MIB as u64);
+    assert!(std::fs::read(&out).unwrap() == bytes);
+    assert!(!part.exists());
+    assert!(fetcher.data_dir().unwrap().load_partial(&info.root).unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_name_of_255_bytes_seeds_and_fetches_byte_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    // The spec's longest name, in bytes (127 two-byte characters and one more).
+    let name = "é".repeat(127) + "x";
+    assert_eq!(name.len(), pex::manifest::MAX_NAME_LEN);
+    let bytes = data(2 * MIB + 3, 54);
+    let (_seeder, info, addr) = seeder(&dir.path().join("s").tap_mkdir(), &name, &bytes, test_config()).await;
+    assert_eq!(info.manifest.name, name);
+    let fetcher = node_in(&dir.path().join("fetcher"), test_config()).await;
+    let out_dir = dir.path().join("out").tap_mkdir();
+    let outcome = fetch(&fetcher, info.root, vec![addr], out_dir.join(&name)).await.unwrap();
+    assert!(std::fs::read(&outcome.path).unwrap() == bytes);
+    let names: Vec<_> = std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, [std::ffi::OsString::from(&name)], "only the file itself is left");
 }

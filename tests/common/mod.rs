@@ -1,18 +1,27 @@
 //! Helpers shared by the integration tests: nodes on [::1], files, raw clients.
 #![allow(dead_code)]
 
+use bytes::Bytes;
 use pex::connection::{FrameReader, FrameWriter};
 use pex::datadir::DataDir;
 use pex::manifest::FileInfo;
 use pex::wire::{Frame, Hello};
 use pex::{Config, FetchOptions, Hash, Node, NodeId, Progress, Timeouts};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Generous bound for anything a test waits on; never reached when things work.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -94,7 +103,6 @@ impl Raw {
     }
 
     pub async fn send_bytes(&mut self, b: &[u8]) {
-        use tokio::io::AsyncWriteExt;
         let _ = self.writer_inner().write_all(b).await;
     }
 
@@ -127,5 +135,322 @@ impl Raw {
             }
         }
         code
+    }
+}
+
+/// Fetches with explicit options (short time-outs for fetches meant to fail).
+pub async fn fetch_with(node: &Node, root: Hash, opts: FetchOptions) -> Result<pex::FetchOutcome, pex::FetchError> {
+    let (tx, _rx) = tokio::sync::watch::channel(Progress::default());
+    tokio::time::timeout(PATIENCE, node.fetch(root, opts, tx)).await.expect("fetch took too long")
+}
+
+/// Options for a fetch that is expected to fail: it gives up after 3 s instead of 60.
+pub fn failing_fetch(out: PathBuf, peers: Vec<SocketAddr>) -> FetchOptions {
+    FetchOptions {
+        output: Some(out),
+        peers,
+        connect_timeout: Duration::from_secs(3),
+        give_up_after: Duration::from_secs(3),
+    }
+}
+
+/// Polls `done` every 20 ms until it holds; panics with `what` after [`PATIENCE`].
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a [`FakePeer`] sends once the handshake is complete on both sides
+/// (the node's PEERS has arrived).
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// A frame.
+    Frame(Frame),
+    /// Raw bytes: frames the codec would never produce.
+    Bytes(Bytes),
+    /// Half-close: nothing more is sent; the fake still reads until the node closes.
+    Close,
+}
+
+/// A hand-driven peer on `[::1]`, built with [`FakePeer::new`]: it accepts any
+/// number of connections, counts them, sends HELLO with a fixed node id and
+/// PEERS, then answers ASKs from its blobs (DONT_HAVE for anything else), and
+/// plays its script. Like a real peer it reads while it writes, reports each
+/// REJECT it is sent, and closes once the node closes. Dropping it closes the
+/// listener and every connection.
+pub struct FakePeer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The node id in its HELLO.
+    pub id: NodeId,
+    /// Connections accepted; with only one node that knows it, that node's dials.
+    pub accepted: Arc<AtomicUsize>,
+    accept_times: Arc<Mutex<Vec<Instant>>>,
+    handshakes: Arc<AtomicUsize>,
+    rejects: tokio::sync::Mutex<mpsc::UnboundedReceiver<(u8, Instant)>>,
+    stop: CancellationToken,
+}
+
+/// How a [`FakePeer`] behaves; see its methods.
+#[derive(Clone)]
+pub struct FakePeerBuilder {
+    id: NodeId,
+    hello: bool,
+    listen_port: Option<u16>,
+    advertise: Vec<SocketAddr>,
+    blobs: HashMap<Hash, Bytes>,
+    corrupt: bool,
+    silent: bool,
+    bitfield: Option<(Hash, Bytes)>,
+    script: Vec<Step>,
+}
+
+impl FakePeer {
+    /// A peer that completes the handshake and answers every ASK with DONT_HAVE.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> FakePeerBuilder {
+        FakePeerBuilder {
+            id: NodeId::random(),
+            hello: true,
+            listen_port: None,
+            advertise: Vec::new(),
+            blobs: HashMap::new(),
+            corrupt: false,
+            silent: false,
+            bitfield: None,
+            script: Vec::new(),
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted after `t`.
+    pub fn accepted_since(&self, t: Instant) -> usize {
+        lock(&self.accept_times).iter().filter(|a| **a > t).count()
+    }
+
+    /// Connections on which the node completed its side of the handshake (sent PEERS).
+    pub fn handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
+    }
+
+    /// The code of the next REJECT the node sends it (on any connection).
+    pub async fn next_reject(&self) -> u8 {
+        self.next_reject_at().await.0
+    }
+
+    /// The next REJECT's code and when it arrived.
+    pub async fn next_reject_at(&self) -> (u8, Instant) {
+        let mut rx = self.rejects.lock().await;
+        tokio::time::timeout(PATIENCE, rx.recv()).await.expect("no REJECT in time").expect("fake peer stopped")
+    }
+}
+
+impl Drop for FakePeer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl FakePeerBuilder {
+    /// Uses this node id (default: random, the same for every connection).
+    pub fn id(mut self, id: NodeId) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Closes every connection at once, without a HELLO: every dial of it fails.
+    pub fn no_hello(mut self) -> Self {
+        self.hello = false;
+        self
+    }
+
+    /// The listen port its HELLO advertises (default: the one it listens on).
+    pub fn listen_port(mut self, port: u16) -> Self {
+        self.listen_port = Some(port);
+        self
+    }
+
+    /// The addresses its handshake PEERS lists (default: none).
+    pub fn advertising(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.advertise.extend(addrs);
+        self
+    }
+
+    /// Serves these blobs, each under its SHA-256.
+    pub fn serving(mut self, blobs: impl IntoIterator<Item = Bytes>) -> Self {
+        self.blobs.extend(blobs.into_iter().map(|b| (Hash::of(&b), b)));
+        self
+    }
+
+    /// Serves a file's manifest and hash lists (not its pieces).
+    pub fn serving_meta(self, info: &FileInfo) -> Self {
+        let meta: Vec<Bytes> = std::iter::once(info.manifest_blob.clone()).chain(info.lists.iter().cloned()).collect();
+        self.serving(meta)
+    }
+
+    /// Answers an ASK for anything it does not serve with 1 MiB of garbage under the asked hash.
+    pub fn corrupting(mut self) -> Self {
+        self.corrupt = true;
+        self
+    }
+
+    /// Never answers an ASK.
+    pub fn silent(mut self) -> Self {
+        self.silent = true;
+        self
+    }
+
+    /// Answers a BITFIELD for `root` with `bits`.
+    pub fn bitfield(mut self, root: Hash, bits: Bytes) -> Self {
+        self.bitfield = Some((root, bits));
+        self
+    }
+
+    /// Claims every piece of `info`'s file (answers its BITFIELD with all bits set).
+    pub fn claiming_all(self, info: &FileInfo) -> Self {
+        let n = info.pieces.len();
+        let mut bits = vec![0xFFu8; n.div_ceil(8)];
+        if n % 8 != 0 {
+            *bits.last_mut().unwrap() = 0xFF << (8 - n % 8);
+        }
+        self.bitfield(info.root, bits.into())
+    }
+
+    /// Sends these once the handshake is complete on both sides, on every connection.
+    pub fn then(mut self, steps: impl IntoIterator<Item = Step>) -> Self {
+        self.script.extend(steps);
+        self
+    }
+
+    /// Binds `[::1]:0` and starts accepting.
+    pub async fn start(self) -> FakePeer {
+        let listener = TcpListener::bind("[::1]:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (reject_tx, reject_rx) = mpsc::unbounded_channel();
+        let peer = FakePeer {
+            addr,
+            id: self.id,
+            accepted: Arc::new(AtomicUsize::new(0)),
+            accept_times: Arc::new(Mutex::new(Vec::new())),
+            handshakes: Arc::new(AtomicUsize::new(0)),
+            rejects: tokio::sync::Mutex::new(reject_rx),
+            stop: CancellationToken::new(),
+        };
+        let shared = Arc::new(FakeShared {
+            behaviour: self,
+            addr,
+            handshakes: peer.handshakes.clone(),
+            rejects: reject_tx,
+            garbage: Bytes::from(vec![0xEE; pex::manifest::PIECE_SIZE as usize]),
+        });
+        let (accepted, times, stop) = (peer.accepted.clone(), peer.accept_times.clone(), peer.stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = listener.accept() => match r {
+                        Ok((s, _)) => s,
+                        Err(_) => {
+                            // Out of descriptors and the like: do not spin.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    },
+                };
+                lock(&times).push(Instant::now());
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let (shared, stop) = (shared.clone(), stop.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = shared.converse(stream) => {}
+                    }
+                });
+            }
+        });
+        peer
+    }
+}
+
+struct FakeShared {
+    behaviour: FakePeerBuilder,
+    addr: SocketAddr,
+    handshakes: Arc<AtomicUsize>,
+    rejects: mpsc::UnboundedSender<(u8, Instant)>,
+    garbage: Bytes,
+}
+
+impl FakeShared {
+    async fn converse(&self, stream: TcpStream) {
+        let b = &self.behaviour;
+        if !b.hello {
+            return;
+        }
+        let (r, w) = stream.into_split();
+        let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w));
+        let (out, mut queue) = mpsc::unbounded_channel::<Step>();
+        let hello = Frame::Hello(Hello { node_id: b.id, listen_port: b.listen_port.unwrap_or(self.addr.port()) });
+        let peers = Frame::Peers(b.advertise.clone());
+        let write = async move {
+            for f in [hello, peers] {
+                if writer.write_frame(&f, None).await.is_err() {
+                    return;
+                }
+            }
+            while let Some(step) = queue.recv().await {
+                let ok = match step {
+                    Step::Frame(f) => writer.write_frame(&f, None).await.is_ok(),
+                    Step::Bytes(bytes) => writer.get_mut().write_all(&bytes).await.is_ok(),
+                    Step::Close => {
+                        let _ = writer.shutdown().await;
+                        // Keep the half-closed writer until the reader is done.
+                        while queue.recv().await.is_some() {}
+                        return;
+                    }
+                };
+                if !ok {
+                    return;
+                }
+            }
+        };
+        let read = async move {
+            let mut scripted = false;
+            while let Ok(Some(frame)) = reader.read_frame().await {
+                let reply = match frame {
+                    Frame::Peers(_) if !scripted => {
+                        scripted = true;
+                        self.handshakes.fetch_add(1, Ordering::SeqCst);
+                        for step in &b.script {
+                            let _ = out.send(step.clone());
+                        }
+                        continue;
+                    }
+                    Frame::Reject { code, .. } => {
+                        let _ = self.rejects.send((code, Instant::now()));
+                        continue;
+                    }
+                    Frame::Ask(_) if b.silent => continue,
+                    Frame::Ask(h) => match b.blobs.get(&h) {
+                        Some(data) => Frame::Give { hash: h, data: data.clone() },
+                        None if b.corrupt => Frame::Give { hash: h, data: self.garbage.clone() },
+                        None => Frame::DontHave(h),
+                    },
+                    Frame::Bitfield { root, .. } => match &b.bitfield {
+                        Some((r, bits)) if *r == root => Frame::Bitfield { root, bits: bits.clone() },
+                        _ => continue,
+                    },
+                    _ => continue,
+                };
+                let _ = out.send(Step::Frame(reply));
+            }
+        };
+        tokio::join!(write, read);
     }
 }
