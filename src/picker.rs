@@ -85,14 +85,9 @@ impl Picker {
     }
 
     /// The next blob to ask a peer for. `has` is the peer's blobs, `None` if
-    /// unknown (it may have anything); `asked(b)` tells whether this peer
-    /// already has an ASK out for `b`.
-    pub fn pick(
-        &self,
-        has: Option<&BitSlice>,
-        asked: impl Fn(usize) -> bool,
-        rng: &mut fastrand::Rng,
-    ) -> Option<usize> {
+    /// unknown (it may have anything); `skip(b)` rules out blobs for this peer
+    /// (an ASK for `b` already out to it, `b` being verified, or it said it lacks `b`).
+    pub fn pick(&self, has: Option<&BitSlice>, skip: impl Fn(usize) -> bool, rng: &mut fastrand::Rng) -> Option<usize> {
         let n = self.len();
         if n == 0 || self.remaining == 0 {
             return None;
@@ -109,8 +104,8 @@ impl Picker {
             if self.held[b] || !peer_has(b) {
                 continue;
             }
-            let ok = if endgame { self.inflight[b] < MAX_DUPLICATES && !asked(b) } else { self.inflight[b] == 0 };
-            if !ok {
+            let ok = if endgame { self.inflight[b] < MAX_DUPLICATES } else { self.inflight[b] == 0 };
+            if !ok || skip(b) {
                 continue;
             }
             seen += 1;

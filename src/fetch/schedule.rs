@@ -41,6 +41,8 @@ pub(super) struct PeerState {
     seen_bytes: u64,
     /// It answered DONT_HAVE for the root or a hash list.
     pub lacks_root: bool,
+    /// Blobs it answered DONT_HAVE for while its bitfield is unknown.
+    lacks: HashSet<u32>,
     /// Bytes per second, smoothed.
     rate: f64,
     window_start: Instant,
@@ -58,6 +60,7 @@ impl PeerState {
             strikes: 0,
             seen_bytes: 0,
             lacks_root: false,
+            lacks: HashSet::new(),
             rate: 0.0,
             window_start: now,
             window_bytes: 0,
@@ -140,7 +143,11 @@ impl Download {
                     }
                     while p.asked.len() < p.depth() && inflight < MAX_INFLIGHT {
                         let (blobs, verifying) = (&pc.blobs, &pc.verifying);
-                        let skip = |b: usize| p.asked.contains(&blobs.hashes[b]) || verifying.contains(&(b as u32));
+                        let skip = |b: usize| {
+                            p.asked.contains(&blobs.hashes[b])
+                                || verifying.contains(&(b as u32))
+                                || p.lacks.contains(&(b as u32))
+                        };
                         let Some(b) = pc.picker.pick(p.has.as_deref(), skip, &mut self.rng) else { break };
                         pc.picker.requested(b);
                         p.ask(blobs.hashes[b], &self.route, now);
@@ -265,12 +272,18 @@ impl Download {
         }
         let Some(&b) = pc.blobs.by_hash.get(&hash) else { return };
         pc.picker.unrequested(b as usize);
-        let has = p.has.get_or_insert_with(|| bitvec![0; pc.blobs.len()]);
-        if has[b as usize] {
-            has.set(b as usize, false);
-            let mut one = bitvec![0; pc.blobs.len()];
-            one.set(b as usize, true);
-            pc.picker.remove_peer(&one);
+        match &mut p.has {
+            // Bitfield unknown: it lacks this blob, and may still have others.
+            None => {
+                p.lacks.insert(b);
+            }
+            Some(has) if has[b as usize] => {
+                has.set(b as usize, false);
+                let mut one = bitvec![0; pc.blobs.len()];
+                one.set(b as usize, true);
+                pc.picker.remove_peer(&one);
+            }
+            Some(_) => {}
         }
     }
 
@@ -286,6 +299,7 @@ impl Download {
         if let Some(old) = p.has.take() {
             pc.picker.remove_peer(&old);
         }
+        p.lacks.clear();
         pc.picker.add_peer(&new);
         if new.any() {
             p.lacks_root = false;

@@ -203,3 +203,21 @@ async fn unanswered_asks_are_withdrawn_and_move_to_another_peer() {
     assert_eq!(moved.to_vec(), expected);
     h.task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dont_have_from_a_peer_without_a_bitfield_rules_out_only_that_blob() {
+    let data = pieces(3, 10);
+    let hashes: Vec<Hash> = data.iter().map(|d| Hash::of(d)).collect();
+    let info = FileInfo::new("f", 2 * PIECE_SIZE + 10, hashes);
+    let h = start(info.root, Timeouts::default());
+    let (c1, mut o1) = join(&h, 1);
+    give_meta(&c1, &mut o1, &info).await;
+    let first = next_ask(&mut o1).await;
+    c1.deliver_dont_have(first);
+    let second = next_ask(&mut o1).await;
+    assert_ne!(second, first, "the blob it lacks is not asked again");
+    c1.deliver_dont_have(second);
+    let third = next_ask(&mut o1).await;
+    assert!(third != first && third != second, "and it is still asked for the others");
+    h.task.abort();
+}
