@@ -3,18 +3,94 @@
 mod common;
 mod independent;
 
-use assert_cmd::Command as Cmd;
 use common::{data, PATIENCE};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 const PEX: &str = env!("CARGO_BIN_EXE_pex");
 
+/// A child process that is killed (SIGKILL) and reaped when dropped, so that a test that
+/// fails, or returns early, never leaves a `pex seed`, `serve` or `fetch` running.
+pub struct Proc(Child);
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        Proc(cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")))
+    }
+
+    /// Sends `sig`, unless the process has already exited.
+    pub fn signal(&mut self, sig: libc::c_int) {
+        if self.0.try_wait().unwrap().is_none() {
+            // SAFETY: kill(2) on our own child; it is not reaped yet, so its pid is not reused.
+            unsafe { libc::kill(self.0.id() as i32, sig) };
+        }
+    }
+
+    /// Waits for the process to exit; panics (and so kills it) if it runs longer than `limit`.
+    pub fn wait_within(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "pex (pid {}) still running after {limit:?}", self.0.id());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Like [`Child::wait_with_output`], bounded by `limit`.
+    pub fn output_within(mut self, limit: Duration) -> Output {
+        fn drain(stream: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut s) = stream {
+                    let _ = s.read_to_end(&mut bytes);
+                }
+                bytes
+            })
+        }
+        let (stdout, stderr) = (drain(self.0.stdout.take()), drain(self.0.stderr.take()));
+        let status = self.wait_within(limit);
+        Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+    }
+
+    /// Kills the process and reaps it (also done on drop).
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a command to completion (at most [`PATIENCE`]) with stdout and stderr captured.
+fn run(cmd: &mut Command) -> Output {
+    Proc::spawn(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped())).output_within(PATIENCE)
+}
+
 /// A running `pex seed`, with its root and the address it serves on.
 struct Seeder {
-    child: Child,
+    child: Proc,
     root: String,
     peer: String,
     lines: mpsc::Receiver<String>,
@@ -30,13 +106,14 @@ impl Seeder {
     }
 
     fn start(file: &Path, data_dir: &Path, extra: &[&str]) -> Seeder {
-        let mut child = Command::new(PEX)
-            .args(["seed", file.to_str().unwrap(), "--listen", "[::1]:0", "--data-dir", data_dir.to_str().unwrap()])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = Proc::spawn(
+            Command::new(PEX)
+                .args(["seed", file.to_str().unwrap(), "--listen", "[::1]:0", "--data-dir", data_dir.to_str().unwrap()])
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
         // With --json, stdout is kept for the final summary and the root goes to stderr.
         let json = extra.contains(&"--json");
         let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
@@ -55,9 +132,8 @@ impl Seeder {
 
     /// Ctrl-C: the seeder must exit 0; returns the rest of its stdout.
     fn interrupt(mut self) -> Vec<String> {
-        // SAFETY: sending a signal to our own child process.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let status = self.child.wait().unwrap();
+        self.child.signal(libc::SIGINT);
+        let status = self.child.wait_within(PATIENCE);
         assert!(status.success(), "seeder exited with {status}");
         // The reader thread may still be forwarding the last lines after exit.
         let mut rest = Vec::new();
@@ -68,7 +144,7 @@ impl Seeder {
     }
 }
 
-fn forward(stream: impl std::io::Read + Send + 'static, tx: mpsc::Sender<String>) {
+fn forward(stream: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
@@ -86,7 +162,7 @@ fn fetch_args(root: &str, peer: &str, out: &Path, data_dir: &Path) -> Vec<String
 }
 
 fn fetch(root: &str, peer: &str, out: &Path, data_dir: &Path) -> std::process::Output {
-    Command::new(PEX).args(fetch_args(root, peer, out, data_dir)).output().unwrap()
+    run(Command::new(PEX).args(fetch_args(root, peer, out, data_dir)))
 }
 
 #[test]
@@ -105,7 +181,7 @@ fn seed_and_fetch_as_separate_processes_at_boundary_sizes() {
         assert_eq!(Path::new(printed.trim()), std::path::absolute(&out).unwrap());
         assert!(std::fs::read(&out).unwrap() == bytes, "size {size}: copy differs");
         // `pex hash` of the source prints exactly the root the seeder announced.
-        let hashed = Cmd::new(PEX).args(["hash", src.to_str().unwrap()]).output().unwrap();
+        let hashed = run(Command::new(PEX).args(["hash", src.to_str().unwrap()]));
         assert_eq!(String::from_utf8(hashed.stdout).unwrap(), format!("{}\n", seeder.root));
         seeder.interrupt();
     }
@@ -116,11 +192,9 @@ fn json_summary_reports_the_transfer_on_both_sides() {
     let dir = tempfile::tempdir().unwrap();
     let (seeder, _, bytes) = Seeder::with_file(dir.path(), 3 << 20, 7, &["--json"]);
     let out = dir.path().join("copy.bin");
-    let result = Command::new(PEX)
+    let result = run(Command::new(PEX)
         .args(["fetch", &seeder.root, "--peer", &seeder.peer, "-o", out.to_str().unwrap(), "--json"])
-        .args(["--data-dir", dir.path().join("f").to_str().unwrap()])
-        .output()
-        .unwrap();
+        .args(["--data-dir", dir.path().join("f").to_str().unwrap()]));
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     let summary: serde_json::Value =
         serde_json::from_slice(&result.stdout).expect("fetch --json prints one JSON object");
@@ -139,7 +213,7 @@ fn json_summary_reports_the_transfer_on_both_sides() {
 
 /// Runs pex expecting failure; returns its single stderr line.
 fn fails<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
-    let out = Cmd::new(PEX).args(args).timeout(PATIENCE).output().unwrap();
+    let out = run(Command::new(PEX).args(args));
     assert!(!out.status.success(), "{args:?} succeeded");
     let err = String::from_utf8(out.stderr).unwrap();
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -174,13 +248,13 @@ fn bad_input_gets_one_clear_line_and_a_failing_exit() {
 
 #[test]
 fn help_and_version_work() {
-    let help = Cmd::new(PEX).arg("--help").output().unwrap();
+    let help = run(Command::new(PEX).arg("--help"));
     assert!(help.status.success());
     let text = String::from_utf8(help.stdout).unwrap();
     for cmd in ["seed", "fetch", "hash", "serve"] {
         assert!(text.contains(cmd), "--help lists {cmd}");
     }
-    let version = Cmd::new(PEX).arg("--version").output().unwrap();
+    let version = run(Command::new(PEX).arg("--version"));
     assert_eq!(String::from_utf8(version.stdout).unwrap(), format!("pex {}\n", env!("CARGO_PKG_VERSION")));
 }
 
@@ -204,14 +278,13 @@ fn claimed_pieces(data_dir: &Path, root: &str) -> Option<usize> {
 /// downloading only what was not claimed.
 fn kill_and_resume(kill_at: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let (seeder, _, bytes) =
+    let (mut seeder, _, bytes) =
         Seeder::with_file(dir.path(), 8 << 20, 21 + kill_at as u64, &["--max-upload-rate", "1MiB"]);
     let (out, fdd) = (dir.path().join("out.bin"), dir.path().join("f"));
     let mut args = fetch_args(&seeder.root, &seeder.peer, &out, &fdd);
     args.push("--json".into());
-    let mut first = Command::new(PEX).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut first = Proc::spawn(Command::new(PEX).args(&args).stdout(Stdio::null()).stderr(Stdio::null()));
     let deadline = std::time::Instant::now() + PATIENCE;
-    let signal = |pid: u32, sig| unsafe { libc::kill(pid as i32, sig) };
     loop {
         let claimed = claimed_pieces(&fdd, &seeder.root);
         if claimed.is_some_and(|n| n + 1 >= kill_at) && pex::fetch::part_path(&out).exists() {
@@ -221,7 +294,7 @@ fn kill_and_resume(kill_at: usize) {
         assert!(first.try_wait().unwrap().is_none(), "fetch ended before it could be killed");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    signal(seeder.child.id(), libc::SIGSTOP);
+    seeder.child.signal(libc::SIGSTOP);
     // The record catches up with what arrived (it is written every second).
     let mut claimed = claimed_pieces(&fdd, &seeder.root).unwrap_or(0);
     let settle = std::time::Instant::now() + std::time::Duration::from_secs(3);
@@ -230,12 +303,11 @@ fn kill_and_resume(kill_at: usize) {
         claimed = claimed_pieces(&fdd, &seeder.root).unwrap_or(0);
     }
     assert!(first.try_wait().unwrap().is_none(), "fetch ended before it could be killed");
-    first.kill().unwrap(); // SIGKILL
-    signal(seeder.child.id(), libc::SIGCONT);
+    first.kill(); // SIGKILL
+    seeder.child.signal(libc::SIGCONT);
     assert!(claimed + 1 >= kill_at && claimed < 8, "killed with {claimed} of 8 pieces claimed, wanted about {kill_at}");
-    first.wait().unwrap();
     assert!(!out.exists(), "a killed fetch must not leave the final name");
-    let second = Command::new(PEX).args(&args).output().unwrap();
+    let second = run(Command::new(PEX).args(&args));
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
     assert!(std::fs::read(&out).unwrap() == bytes, "resumed copy differs");
     let summary: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
@@ -293,12 +365,12 @@ fn a_restarted_serve_serves_what_was_seeded_and_names_damaged_records() {
     // Damage b's record; a must still be served.
     let damaged = dd.join("seeds").join(format!("{root_b}.json"));
     std::fs::write(&damaged, b"{ truncated").unwrap();
-    let mut serve = Command::new(PEX)
-        .args(["serve", "--listen", "[::1]:0", "--data-dir", dd.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut serve = Proc::spawn(
+        Command::new(PEX)
+            .args(["serve", "--listen", "[::1]:0", "--data-dir", dd.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     let (tx, lines) = mpsc::channel();
     forward(serve.stderr.take().unwrap(), tx);
     let mut warned = false;
@@ -314,8 +386,8 @@ fn a_restarted_serve_serves_what_was_seeded_and_names_damaged_records() {
     let result = fetch(&root_a, &port, &out, &dir.path().join("f"));
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&a).unwrap());
-    unsafe { libc::kill(serve.id() as i32, libc::SIGINT) };
-    assert!(serve.wait().unwrap().success());
+    serve.signal(libc::SIGINT);
+    assert!(serve.wait_within(PATIENCE).success());
 }
 
 #[test]
@@ -325,13 +397,13 @@ fn fetch_with_seed_keeps_serving_after_it_completes() {
     let port = std::net::TcpListener::bind("[::1]:0").unwrap().local_addr().unwrap().port();
     let relay_addr = format!("[::1]:{port}");
     let first_copy = dir.path().join("first.bin");
-    let mut relay = Command::new(PEX)
-        .args(["fetch", &seeder.root, "--peer", &seeder.peer, "--seed", "--listen", &relay_addr])
-        .args(["-o", first_copy.to_str().unwrap(), "--data-dir", dir.path().join("r").to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut relay = Proc::spawn(
+        Command::new(PEX)
+            .args(["fetch", &seeder.root, "--peer", &seeder.peer, "--seed", "--listen", &relay_addr])
+            .args(["-o", first_copy.to_str().unwrap(), "--data-dir", dir.path().join("r").to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
     let (tx, lines) = mpsc::channel();
     forward(relay.stdout.take().unwrap(), tx);
     // It prints the path when the download completes, then keeps serving.
@@ -343,14 +415,14 @@ fn fetch_with_seed_keeps_serving_after_it_completes() {
     let result = fetch(&Seeder::root_of(&src), &relay_addr, &second_copy, &dir.path().join("f2"));
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     assert!(std::fs::read(&second_copy).unwrap() == bytes);
-    unsafe { libc::kill(relay.id() as i32, libc::SIGINT) };
-    assert!(relay.wait().unwrap().success());
+    relay.signal(libc::SIGINT);
+    assert!(relay.wait_within(PATIENCE).success());
 }
 
 impl Seeder {
     /// The root `pex hash` prints for a file.
     fn root_of(file: &Path) -> String {
-        let out = Cmd::new(PEX).args(["hash", file.to_str().unwrap()]).output().unwrap();
+        let out = run(Command::new(PEX).args(["hash", file.to_str().unwrap()]));
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 }
@@ -362,14 +434,14 @@ fn ctrl_c_during_a_fetch_exits_130_with_a_summary_and_a_resumable_record() {
     let (out, fdd) = (dir.path().join("out.bin"), dir.path().join("f"));
     let mut args = fetch_args(&seeder.root, &seeder.peer, &out, &fdd);
     args.push("--json".into());
-    let fetch = Command::new(PEX).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut fetch = Proc::spawn(Command::new(PEX).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()));
     let deadline = std::time::Instant::now() + PATIENCE;
     while claimed_pieces(&fdd, &seeder.root).unwrap_or(0) < 1 {
         assert!(std::time::Instant::now() < deadline, "no progress recorded");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    unsafe { libc::kill(fetch.id() as i32, libc::SIGINT) };
-    let result = fetch.wait_with_output().unwrap();
+    fetch.signal(libc::SIGINT);
+    let result = fetch.output_within(PATIENCE);
     assert_eq!(result.status.code(), Some(130));
     assert_eq!(String::from_utf8_lossy(&result.stderr).trim(), "error: interrupted");
     let summary: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
