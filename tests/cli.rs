@@ -137,20 +137,21 @@ impl Seeder {
         assert!(status.success(), "seeder exited with {status}");
         // The reader thread may still be forwarding the last lines after exit.
         let mut rest = Vec::new();
-        while let Ok(line) = self.lines.recv_timeout(std::time::Duration::from_secs(5)) {
+        // The channel closes when the reader thread reaches the end of the pipe.
+        while let Ok(line) = self.lines.recv_timeout(PATIENCE) {
             rest.push(line);
         }
         rest
     }
 }
 
+/// Sends each line of `stream` to `tx`, and keeps draining it once nobody listens (a closed
+/// pipe would make the process's next write to it fail).
 fn forward(stream: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
 }
@@ -258,22 +259,36 @@ fn help_and_version_work() {
     assert_eq!(String::from_utf8(version.stdout).unwrap(), format!("pex {}\n", env!("CARGO_PKG_VERSION")));
 }
 
-/// Pieces the partial record of `root` in `data_dir` claims, if it exists yet.
-fn claimed_pieces(data_dir: &Path, root: &str) -> Option<usize> {
+/// The pieces (indices) the partial record of `root` in `data_dir` claims, if it exists yet.
+fn claimed_set(data_dir: &Path, root: &str) -> Option<Vec<usize>> {
     let text = std::fs::read_to_string(data_dir.join("partial").join(format!("{root}.json"))).ok()?;
     let record: serde_json::Value = serde_json::from_str(&text).ok()?;
     let held = record["held"].as_str()?;
-    Some(
-        (0..held.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&held[i..i + 2], 16).unwrap().count_ones() as usize)
-            .sum(),
-    )
+    let bits = (0..held.len()).step_by(2).map(|i| u8::from_str_radix(&held[i..i + 2], 16).unwrap());
+    Some(bits.enumerate().flat_map(|(i, b)| (0..8).filter(move |j| b & (0x80 >> j) != 0).map(move |j| i * 8 + j)).collect())
+}
+
+/// How many pieces the partial record of `root` in `data_dir` claims, if it exists yet.
+fn claimed_pieces(data_dir: &Path, root: &str) -> Option<usize> {
+    claimed_set(data_dir, root).map(|s| s.len())
+}
+
+/// The pieces (indices) of `expected` that the file at `part` holds byte for byte.
+fn pieces_in(part: &Path, expected: &[u8]) -> Vec<usize> {
+    let have = std::fs::read(part).unwrap_or_default();
+    let piece = 1 << 20;
+    (0..expected.len().div_ceil(piece))
+        .filter(|&i| {
+            let want = &expected[i * piece..((i + 1) * piece).min(expected.len())];
+            have.get(i * piece..i * piece + want.len()) == Some(want)
+        })
+        .collect()
 }
 
 /// Starts a fetch of an 8-piece file from a seeder at 1 MiB/s. Once the fetch's
 /// record claims `kill_at - 1` pieces, the seeder is frozen (SIGSTOP) so nothing
-/// more can complete, the record is let settle, and the fetch is SIGKILLed. The
+/// more can complete, the record is let catch up with the `.part` (it claims exactly the
+/// pieces the `.part` holds), and the fetch is SIGKILLed. The
 /// same command then runs again (seeder thawed) and must complete byte-exact,
 /// downloading only what was not claimed.
 fn kill_and_resume(kill_at: usize) {
@@ -295,13 +310,19 @@ fn kill_and_resume(kill_at: usize) {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     seeder.child.signal(libc::SIGSTOP);
-    // The record catches up with what arrived (it is written every second).
-    let mut claimed = claimed_pieces(&fdd, &seeder.root).unwrap_or(0);
-    let settle = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while std::time::Instant::now() < settle {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        claimed = claimed_pieces(&fdd, &seeder.root).unwrap_or(0);
-    }
+    // The record (written every second) catches up with what arrived: wait until it claims
+    // exactly the pieces the .part holds. Only verified pieces are written to the .part.
+    let part = pex::fetch::part_path(&out);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let claimed = loop {
+        let (claimed, held) = (claimed_set(&fdd, &seeder.root).unwrap_or_default(), pieces_in(&part, &bytes));
+        if claimed == held {
+            break claimed.len();
+        }
+        assert!(std::time::Instant::now() < deadline, "the record claims {claimed:?}, the .part holds {held:?}");
+        assert!(first.try_wait().unwrap().is_none(), "fetch ended before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert!(first.try_wait().unwrap().is_none(), "fetch ended before it could be killed");
     first.kill(); // SIGKILL
     seeder.child.signal(libc::SIGCONT);
@@ -394,21 +415,28 @@ fn a_restarted_serve_serves_what_was_seeded_and_names_damaged_records() {
 fn fetch_with_seed_keeps_serving_after_it_completes() {
     let dir = tempfile::tempdir().unwrap();
     let (seeder, src, bytes) = Seeder::with_file(dir.path(), 3 << 20, 41, &[]);
-    let port = std::net::TcpListener::bind("[::1]:0").unwrap().local_addr().unwrap().port();
-    let relay_addr = format!("[::1]:{port}");
     let first_copy = dir.path().join("first.bin");
     let mut relay = Proc::spawn(
         Command::new(PEX)
-            .args(["fetch", &seeder.root, "--peer", &seeder.peer, "--seed", "--listen", &relay_addr])
+            .args(["fetch", &seeder.root, "--peer", &seeder.peer, "--seed", "--listen", "[::1]:0"])
             .args(["-o", first_copy.to_str().unwrap(), "--data-dir", dir.path().join("r").to_str().unwrap()])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
+            .stderr(Stdio::piped()),
     );
     let (tx, lines) = mpsc::channel();
     forward(relay.stdout.take().unwrap(), tx);
+    let (etx, elines) = mpsc::channel();
+    forward(relay.stderr.take().unwrap(), etx);
     // It prints the path when the download completes, then keeps serving.
     let printed = lines.recv_timeout(PATIENCE).expect("relay printed no path");
     assert_eq!(Path::new(&printed), std::path::absolute(&first_copy).unwrap());
+    // "seeding PATH on [::1]:PORT; Ctrl-C to stop"
+    let relay_addr = loop {
+        let line = elines.recv_timeout(PATIENCE).expect("relay did not say where it seeds");
+        if let Some(rest) = line.strip_prefix("seeding ").and_then(|l| l.rsplit(" on ").next()) {
+            break rest.split(';').next().unwrap().to_owned();
+        }
+    };
     seeder.interrupt();
     assert!(relay.try_wait().unwrap().is_none(), "fetch --seed exited after completing");
     let second_copy = dir.path().join("second.bin");
