@@ -4,10 +4,13 @@ mod common;
 mod independent;
 
 use common::{data, PATIENCE};
-use std::io::{BufRead, BufReader, Read};
+use pex::wire::{Frame, Hello};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 const PEX: &str = env!("CARGO_BIN_EXE_pex");
@@ -265,7 +268,11 @@ fn claimed_set(data_dir: &Path, root: &str) -> Option<Vec<usize>> {
     let record: serde_json::Value = serde_json::from_str(&text).ok()?;
     let held = record["held"].as_str()?;
     let bits = (0..held.len()).step_by(2).map(|i| u8::from_str_radix(&held[i..i + 2], 16).unwrap());
-    Some(bits.enumerate().flat_map(|(i, b)| (0..8).filter(move |j| b & (0x80 >> j) != 0).map(move |j| i * 8 + j)).collect())
+    Some(
+        bits.enumerate()
+            .flat_map(|(i, b)| (0..8).filter(move |j| b & (0x80 >> j) != 0).map(move |j| i * 8 + j))
+            .collect(),
+    )
 }
 
 /// How many pieces the partial record of `root` in `data_dir` claims, if it exists yet.
@@ -478,4 +485,247 @@ fn ctrl_c_during_a_fetch_exits_130_with_a_summary_and_a_resumable_record() {
     assert!(summary["downloaded_bytes"].as_u64().unwrap() > 0);
     assert!(claimed_pieces(&fdd, &seeder.root).unwrap() >= 1 && !out.exists());
     seeder.interrupt();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw protocol connections on blocking sockets: fake peers and flooding clients
+// ---------------------------------------------------------------------------------------------
+
+/// One blocking protocol connection; frames are encoded and decoded with `pex::wire`.
+struct Wire {
+    s: TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl Wire {
+    /// Wraps a stream; every read and write is bounded by `limit`.
+    fn new(s: TcpStream, limit: Duration) -> Wire {
+        s.set_read_timeout(Some(limit)).unwrap();
+        s.set_write_timeout(Some(limit)).unwrap();
+        s.set_nodelay(true).unwrap();
+        Wire { s, buf: bytes::BytesMut::new() }
+    }
+
+    fn send(&mut self, f: &Frame) -> std::io::Result<()> {
+        self.s.write_all(&f.to_bytes())
+    }
+
+    /// The next frame, or `None` at the end of the stream.
+    fn recv(&mut self) -> std::io::Result<Option<Frame>> {
+        loop {
+            if let Some(f) = pex::wire::decode(&mut self.buf).map_err(std::io::Error::other)? {
+                return Ok(Some(f));
+            }
+            let mut chunk = [0u8; 64 << 10];
+            let n = self.s.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+fn hello() -> Frame {
+    Frame::Hello(Hello { node_id: pex::NodeId::random(), listen_port: 0 })
+}
+
+/// What a [`FakePeer`] does on each connection, after the dialler's HELLO.
+#[derive(Clone)]
+enum Fake {
+    /// REJECT(2) with this reason as the only frame (as a node at its connection limit does).
+    RejectOnly(String),
+    /// HELLO, then REJECT(5) with this reason.
+    RejectHello(String),
+    /// HELLO and PEERS, then REJECT(5) with this reason in answer to the first ASK.
+    RejectAsk(String),
+    /// HELLO and PEERS, then this blob (a manifest; the root is its hash) in answer to every ASK.
+    Manifest(Vec<u8>),
+}
+
+/// A fake peer listening on [::1]:0 that treats every connection (one at a time) as `Fake`
+/// says; it stops when dropped.
+struct FakePeer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakePeer {
+    fn start(fake: Fake) -> FakePeer {
+        let listener = TcpListener::bind("[::1]:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    let _ = FakePeer::serve(Wire::new(conn, Duration::from_secs(10)), &fake);
+                }
+            }
+        });
+        FakePeer { addr, stop, thread: Some(thread) }
+    }
+
+    /// One connection; an error (the dialler went away, a time-out) just ends it.
+    fn serve(mut w: Wire, fake: &Fake) -> std::io::Result<()> {
+        let reject = |reason: &str| Frame::Reject { code: 5, reason: reason.to_owned() };
+        if !matches!(w.recv()?, Some(Frame::Hello(_))) {
+            return Ok(());
+        }
+        if let Fake::RejectOnly(reason) = fake {
+            w.send(&Frame::Reject { code: 2, reason: reason.clone() })?;
+            w.s.shutdown(Shutdown::Write)?;
+            while w.recv()?.is_some() {}
+            return Ok(());
+        }
+        w.send(&hello())?;
+        if let Fake::RejectHello(reason) = fake {
+            w.send(&reject(reason))?;
+        } else {
+            w.send(&Frame::Peers(Vec::new()))?;
+            loop {
+                match (w.recv()?, fake) {
+                    (None, _) => return Ok(()),
+                    (Some(Frame::Ask(_)), Fake::RejectAsk(reason)) => {
+                        w.send(&reject(reason))?;
+                        break;
+                    }
+                    (Some(Frame::Ask(hash)), Fake::Manifest(blob)) if hash == pex::Hash::of(blob) => {
+                        w.send(&Frame::Give { hash, data: blob.clone().into() })?;
+                    }
+                    (Some(Frame::Ask(hash)), _) => w.send(&Frame::DontHave(hash))?,
+                    _ => {}
+                }
+            }
+        }
+        // REJECT is the last frame: half-close, then read until the dialler closes (4.7).
+        w.s.shutdown(Shutdown::Write)?;
+        while w.recv()?.is_some() {}
+        Ok(())
+    }
+}
+
+impl Drop for FakePeer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // wakes the accept loop
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A manifest blob (docs/PROTOCOL.md, 5) for an empty file called `name`, unchecked.
+fn raw_manifest(name: &str) -> Vec<u8> {
+    let mut m = b"PEXM\x01".to_vec();
+    m.extend_from_slice(&(1u32 << 20).to_be_bytes());
+    m.extend_from_slice(&0u64.to_be_bytes());
+    m.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    m.extend_from_slice(name.as_bytes());
+    m.extend_from_slice(&0u32.to_be_bytes());
+    m
+}
+
+/// Text (within the 200-byte REJECT limit) that rewrites a terminal if printed as it is: sets
+/// the window title, clears the screen, colours, forges an "error:" line, backspaces, moves the
+/// cursor and erases, hides the cursor, plants a hyperlink, asks the terminal to type its cursor
+/// position (ESC[6n), and the same with C1 controls (CSI, OSC, ST, NEL), NUL, DEL, FF and VT.
+const HOSTILE: &str = "\x1b]0;pwned\x07\x1b[2J\x1b[31mforged error\r\nerror: all fine\x1b[0m ok\x08\x08\x1b[1A\x1b[2K\
+    \x1b[?25l\x1b]8;;http://x.invalid/\x07link\x1b]8;;\x07\x00\x7f\u{9b}2J\u{9d}0;c1\u{9c}\u{85}\x1bPq\x1b\\\x0c\x0b\x1b[6n";
+
+/// Why `stderr` is not safe to show on a terminal, if it is not: it may hold no control
+/// character but '\n' (no ESC, BEL, CR, backspace, NUL, DEL, and no C1 control either), and no
+/// line longer than 500 bytes.
+fn terminal_unsafe(stderr: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(stderr);
+    let mut bad: Vec<char> = text.chars().filter(|&c| c != '\n' && c.is_control()).collect();
+    let longest = stderr.split(|&b| b == b'\n').map(<[u8]>::len).max().unwrap_or(0);
+    if bad.is_empty() && longest <= 500 {
+        return None;
+    }
+    let count = bad.len();
+    bad.sort_unstable();
+    bad.dedup();
+    let shown: Vec<String> = text
+        .lines()
+        .filter(|l| l.len() > 500 || l.chars().any(char::is_control))
+        .take(3)
+        .map(|l| format!("{:?}", l.chars().take(400).collect::<String>()))
+        .collect();
+    Some(format!(
+        "{count} control characters {bad:?}, longest line {longest} bytes, in lines like\n  {}",
+        shown.join("\n  ")
+    ))
+}
+
+/// Runs `pex fetch ROOT --peer FAKE` with each verbosity (and with NO_COLOR set) against a fake
+/// peer that behaves as `fake` says; each must fail with only safe text on stderr. Returns what
+/// went wrong, each problem starting with `label`.
+fn fetch_from_fake(label: &str, fake: Fake, root: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let dir = tempfile::tempdir().unwrap();
+    let peer = FakePeer::start(fake);
+    let addr = peer.addr.to_string();
+    for (i, (flags, no_color)) in
+        [(&[][..], false), (&["-v"], false), (&["-v"], true), (&["-vv"], false)].into_iter().enumerate()
+    {
+        let out = dir.path().join(format!("out{i}"));
+        let mut cmd = Command::new(PEX);
+        cmd.args(["fetch", root, "--peer", &addr, "--connect-timeout", "3", "--give-up-after", "3"])
+            .args(["-o", out.to_str().unwrap(), "--data-dir", dir.path().join(format!("d{i}")).to_str().unwrap()])
+            .args(flags)
+            .env_remove("RUST_LOG")
+            .env_remove("NO_COLOR");
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        let result = run(&mut cmd);
+        let what = format!("{label}: fetch {flags:?}{}", if no_color { " with NO_COLOR=1" } else { "" });
+        if result.status.success() {
+            problems.push(format!("{what} succeeded"));
+        }
+        if let Some(problem) = terminal_unsafe(&result.stderr) {
+            problems.push(format!("{what}: {problem}"));
+        }
+        // The peer's text cannot start a line of its own, such as a forged "error: ..." line.
+        let text = String::from_utf8_lossy(&result.stderr);
+        let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("error")).collect();
+        if errors.len() != 1 {
+            let some = &errors[..errors.len().min(2)];
+            problems.push(format!("{what}: {} lines start with \"error\", such as {some:?}", errors.len()));
+        }
+        if flags.is_empty() && text.lines().count() != 1 {
+            let some: String = text.chars().take(600).collect();
+            problems.push(format!("{what}: expected one line, got {some:?}"));
+        }
+    }
+    problems
+}
+
+#[test]
+fn a_reject_reason_cannot_put_terminal_escapes_on_stderr() {
+    assert!(HOSTILE.len() <= pex::wire::MAX_REJECT_REASON, "{} bytes", HOSTILE.len());
+    let mut problems =
+        fetch_from_fake("REJECT instead of HELLO", Fake::RejectOnly(HOSTILE.to_owned()), &"ab".repeat(32));
+    problems.extend(fetch_from_fake("HELLO then REJECT", Fake::RejectHello(HOSTILE.to_owned()), &"ab".repeat(32)));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn a_reject_after_the_handshake_cannot_put_terminal_escapes_on_stderr() {
+    let problems = fetch_from_fake("REJECT in answer to ASK", Fake::RejectAsk(HOSTILE.to_owned()), &"cd".repeat(32));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn a_manifest_name_cannot_put_terminal_escapes_on_stderr() {
+    // A name without separators, so that only its control characters make it invalid.
+    let manifest = raw_manifest(&HOSTILE.replace(['/', '\\'], ""));
+    let root = pex::Hash::of(&manifest).to_hex();
+    let problems = fetch_from_fake("manifest name", Fake::Manifest(manifest), &root);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
