@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -506,6 +506,16 @@ impl Wire {
         Wire { s, buf: bytes::BytesMut::new() }
     }
 
+    /// Connects to `addr`, sends HELLO (not listening) and expects the node's HELLO.
+    fn handshake(addr: &str) -> Wire {
+        let mut w = Wire::new(TcpStream::connect(addr).unwrap(), PATIENCE);
+        w.send(&hello()).unwrap();
+        match w.recv() {
+            Ok(Some(Frame::Hello(_))) => w,
+            other => panic!("expected HELLO from {addr}, got {other:?}"),
+        }
+    }
+
     fn send(&mut self, f: &Frame) -> std::io::Result<()> {
         self.s.write_all(&f.to_bytes())
     }
@@ -522,6 +532,17 @@ impl Wire {
                 return Ok(None);
             }
             self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The next frame other than keep-alive and PEERS; panics at the end of the stream.
+    fn next(&mut self) -> Frame {
+        loop {
+            match self.recv() {
+                Ok(Some(Frame::KeepAlive | Frame::Peers(_))) => {}
+                Ok(Some(f)) => return f,
+                other => panic!("expected a frame, got {other:?}"),
+            }
         }
     }
 }
@@ -728,4 +749,121 @@ fn a_manifest_name_cannot_put_terminal_escapes_on_stderr() {
     let root = pex::Hash::of(&manifest).to_hex();
     let problems = fetch_from_fake("manifest name", Fake::Manifest(manifest), &root);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// VmHWM (peak resident set size) of process `pid`, in KiB.
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).expect("no VmHWM in /proc/PID/status");
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// Bytes that arrived on the TCP connection between local port `port` and remote port `peer`
+/// (on [::1]) and that its owner has not read yet, from /proc/net/tcp6; `None` if it is gone.
+fn unread_bytes(port: u16, peer: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp6").ok()?;
+    let port_of = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if port_of(f.get(1)?)? == port && port_of(f.get(2)?)? == peer {
+            u64::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// A new connection to `addr`: handshake, ASK for `root`, expect its GIVE. Returns how long it took.
+fn served(addr: &str, root: pex::Hash) -> Duration {
+    let t = Instant::now();
+    let mut w = Wire::handshake(addr);
+    w.send(&Frame::Ask(root)).unwrap();
+    match w.next() {
+        Frame::Give { hash, data } => assert!(hash == root && pex::Hash::of(&data) == root, "a GIVE of other data"),
+        other => panic!("ASK for the root: expected its GIVE, got {other:?}"),
+    }
+    t.elapsed()
+}
+
+#[test]
+fn a_flood_of_asks_from_a_peer_that_never_reads_keeps_the_seeders_memory_bounded() {
+    const ASKS: usize = 2_000_000;
+    const BATCH: usize = 10_000;
+    const LIMIT_KIB: u64 = 16 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut seeder, _, _) = Seeder::with_file(dir.path(), 1000, 71, &[]);
+    let root: pex::Hash = seeder.root.parse().unwrap();
+    let port: u16 = seeder.peer.rsplit(':').next().unwrap().parse().unwrap();
+    let pid = seeder.child.id();
+    served(&seeder.peer, root);
+    let flooder = Wire::handshake(&seeder.peer);
+    let flooder_port = flooder.s.local_addr().unwrap().port();
+    let before = vm_hwm_kib(pid);
+
+    // ASKs for random hashes, never reading a reply. When the seeder stops reading, TCP
+    // back-pressure stalls the writes and a write time-out ends the flood.
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let written = written.clone();
+        let mut s = flooder.s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+            let start = Instant::now();
+            let mut rng = fastrand::Rng::with_seed(72);
+            let mut batch = bytes::BytesMut::with_capacity(BATCH * 37);
+            let mut sent = 0;
+            while sent < ASKS && start.elapsed() < Duration::from_secs(30) {
+                batch.clear();
+                for _ in 0..BATCH {
+                    let mut h = [0u8; 32];
+                    rng.fill(&mut h);
+                    Frame::Ask(pex::Hash(h)).encode(&mut batch);
+                }
+                if s.write_all(&batch).is_err() {
+                    break;
+                }
+                sent += BATCH;
+                written.store(sent, Ordering::SeqCst);
+            }
+            (sent, start.elapsed())
+        })
+    };
+
+    // Meanwhile, once the flood is well under way, another client is served.
+    let deadline = Instant::now() + PATIENCE;
+    while written.load(Ordering::SeqCst) < 200_000 && !writer.is_finished() {
+        assert!(Instant::now() < deadline, "the flood never got going");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let during = served(&seeder.peer, root);
+    let (sent, took) = writer.join().unwrap();
+
+    // Let the seeder take in what it will: wait until it has read everything that arrived, or
+    // until what it left unread stops shrinking for 2 s (it stopped reading that connection).
+    let deadline = Instant::now() + PATIENCE;
+    let (mut least, mut since) = (u64::MAX, Instant::now());
+    let unread = loop {
+        let unread = unread_bytes(port, flooder_port).unwrap_or(0);
+        if unread == 0 || since.elapsed() >= Duration::from_secs(2) || Instant::now() >= deadline {
+            break unread;
+        }
+        if unread < least {
+            (least, since) = (unread, Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let after = vm_hwm_kib(pid);
+    let after_flood = served(&seeder.peer, root);
+    let grown = after.saturating_sub(before);
+    eprintln!(
+        "{sent} ASKs written in {took:?}, {unread} bytes left unread; VmHWM {before} KiB before, {after} KiB \
+         after (+{grown} KiB); another client served in {during:?} during the flood, {after_flood:?} after"
+    );
+    assert!(seeder.child.try_wait().unwrap().is_none(), "the seeder exited");
+    assert!(
+        grown < LIMIT_KIB,
+        "{sent} ASKs from a peer that never reads grew the seeder's VmHWM by {grown} KiB \
+         ({before} → {after} KiB), limit {LIMIT_KIB} KiB"
+    );
+    drop(flooder);
 }
