@@ -867,3 +867,34 @@ fn a_flood_of_asks_from_a_peer_that_never_reads_keeps_the_seeders_memory_bounded
     );
     drop(flooder);
 }
+
+#[test]
+fn a_file_with_a_255_byte_name_is_fetched_under_that_name() {
+    let dir = tempfile::tempdir().unwrap();
+    // NAME_MAX is 255 bytes: the longest name a file can have, in ASCII and in 2-byte UTF-8.
+    for (i, name) in ["a".repeat(255), format!("{}a", "é".repeat(127))].into_iter().enumerate() {
+        assert_eq!(name.len(), 255);
+        let src_dir = dir.path().join(format!("src{i}"));
+        std::fs::create_dir(&src_dir).unwrap();
+        let src = src_dir.join(&name);
+        let bytes = data((1 << 20) + 4321, 80 + i as u64);
+        std::fs::write(&src, &bytes).unwrap();
+        let seeder = Seeder::start(&src, &dir.path().join(format!("s{i}")), &[]);
+        // No -o: the file's own name, in the current directory.
+        let cwd = dir.path().join(format!("cwd{i}"));
+        std::fs::create_dir(&cwd).unwrap();
+        let result = run(Command::new(PEX)
+            .current_dir(&cwd)
+            .args(["fetch", &seeder.root, "--peer", &seeder.peer])
+            .args(["--data-dir", dir.path().join(format!("f{i}")).to_str().unwrap()]));
+        let err = String::from_utf8_lossy(&result.stderr);
+        assert!(result.status.success(), "a {}-character name: {err}", name.chars().count());
+        let printed = String::from_utf8(result.stdout).unwrap();
+        let canonical = |p: std::path::PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+        assert_eq!(canonical(cwd.join(printed.trim())), canonical(cwd.join(&name)), "printed path");
+        assert!(std::fs::read(cwd.join(&name)).unwrap() == bytes, "copy differs");
+        let left: Vec<_> = std::fs::read_dir(&cwd).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [std::ffi::OsString::from(&name)], "only the file is left in the directory");
+        seeder.interrupt();
+    }
+}
