@@ -898,3 +898,25 @@ fn a_file_with_a_255_byte_name_is_fetched_under_that_name() {
         seeder.interrupt();
     }
 }
+
+#[test]
+fn peer_addresses_that_can_never_be_dialled_are_refused_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let dd = dir.path().join("d");
+    let root = "ab".repeat(32);
+    // Broadcast, multicast (IPv4 and IPv6) and port 0 name no TCP peer: dialling them only
+    // earns an error from the system ("Permission denied", "Network is unreachable",
+    // "Connection refused"), after a wasted --connect-timeout.
+    for (addr, shown) in [
+        ("255.255.255.255:9000", "255.255.255.255"),
+        ("224.0.0.1:9000", "224.0.0.1"),
+        ("[ff02::1]:9000", "ff02::1"),
+        ("[::1]:0", "::1"),
+    ] {
+        let e = fails(&["fetch", &root, "--peer", addr, "--connect-timeout", "2", "--data-dir", dd.to_str().unwrap()]);
+        assert!(e.starts_with("error:") && e.contains(shown), "--peer {addr}: {e}");
+        for dial_error in ["os error", "Permission denied", "Network is unreachable", "Connection refused"] {
+            assert!(!e.contains(dial_error), "--peer {addr} was dialled: {e}");
+        }
+    }
+}
