@@ -10,7 +10,7 @@ use std::fs;
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -332,7 +332,7 @@ fn parse_manifest(b: &[u8]) -> Manifest {
 
 /// A running `pex seed`; killed and reaped on drop.
 struct Node {
-    child: Child,
+    child: super::Proc,
     port: u16,
     root: Hash,
     dir: tempfile::TempDir,
@@ -342,17 +342,17 @@ impl Node {
     fn start(file: &Path, extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let log = fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let mut child = Command::new(PEX)
-            .arg("seed")
-            .arg(file)
-            .args(["--listen", "[::1]:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut child = super::Proc::spawn(
+            Command::new(PEX)
+                .arg("seed")
+                .arg(file)
+                .args(["--listen", "[::1]:0", "--data-dir"])
+                .arg(dir.path().join("data"))
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(log),
+        );
         let stdout = child.stdout.take().unwrap();
         let mut node = Node { child, port: 0, root: [0; 32], dir };
         let (tx, lines) = mpsc::channel();
@@ -391,8 +391,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill(); // before reading its log; Proc's own drop would do it too late
         if thread::panicking() {
             let log = fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
