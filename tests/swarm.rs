@@ -495,15 +495,16 @@ async fn a_peer_that_is_not_up_yet_is_retried_and_a_blip_does_not_end_a_fetch() 
             node
         }
     };
-    // Nothing listens for a while; the fetch keeps retrying.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Nothing listens yet: the fetch tries, fails, and keeps going.
+    wait_until("a dial of the absent seeder failed", || fetcher.dial_error(&addr).is_some()).await;
     assert!(!task.is_finished());
     let first = start_seeder("s1").await;
     tokio::time::timeout(PATIENCE, rx.wait_for(|p| p.have_bytes >= MIB as u64)).await.unwrap().unwrap();
     // A blip: the only peer goes away, then comes back on the same address.
     first.shutdown().await;
     drop(first);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until("a redial during the blip failed", || fetcher.dial_error(&addr).is_some()).await;
+    assert!(!task.is_finished());
     let _second = start_seeder("s2").await;
     let outcome = tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap().unwrap();
     assert!(std::fs::read(&outcome.path).unwrap() == bytes);
