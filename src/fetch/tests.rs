@@ -196,11 +196,14 @@ async fn unanswered_asks_are_withdrawn_and_move_to_another_peer() {
     let mut expected = asked.to_vec();
     expected.sort();
     assert_eq!(cancelled, expected);
-    // ... and asked of the other peer once it says what it has.
+    // ... and asked of the other peer once it says what it has (on a loaded
+    // machine its own ASKs may time out and be asked again: count distinct ones).
     h.events.send(DownloadEvent::Bitfield { conn: 2, bits: full_bitfield(2) }).unwrap();
-    let mut moved = [next_ask(&mut o2).await, next_ask(&mut o2).await];
-    moved.sort();
-    assert_eq!(moved.to_vec(), expected);
+    let mut moved = std::collections::BTreeSet::new();
+    while moved.len() < 2 {
+        moved.insert(next_ask(&mut o2).await);
+    }
+    assert_eq!(moved.into_iter().collect::<Vec<_>>(), expected);
     h.task.abort();
 }
 

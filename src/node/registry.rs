@@ -185,3 +185,58 @@ impl Totals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_connection_per_node_id_and_counters_survive_reconnects() {
+        let reg = Registry::default();
+        let id = NodeId([7; 32]);
+        let addr: SocketAddr = "[fd00::7]:9000".parse().unwrap();
+        let make = |conn_id, stats| PeerConn::detached_with(conn_id, id, stats).0;
+        let first = reg.register(id, addr, make).expect("the first connection is registered");
+        assert!(reg.register(id, addr, make).is_none(), "a second connection to the same node id is refused");
+        assert!(reg.has_node(&id) && reg.has_addr(&first.addr) && reg.len() == 1);
+        first.stats.uploaded.fetch_add(5, Ordering::Relaxed);
+        reg.remove(&first);
+        assert_eq!(reg.len(), 0);
+        assert!(!reg.has_node(&id));
+        // The same node id again: allowed, with a new connection id, and its byte counters carry on.
+        let again = reg.register(id, addr, make).expect("reconnecting is allowed");
+        assert_ne!(again.conn_id, first.conn_id);
+        assert_eq!(reg.history().len(), 1);
+        assert_eq!(reg.history()[0].1.uploaded.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn bans_cover_the_node_id_and_every_address_given() {
+        let bans = Bans::default();
+        let (a, b): (SocketAddr, SocketAddr) = ("[fd00::1]:1".parse().unwrap(), "[fd00::1]:9000".parse().unwrap());
+        bans.ban(NodeId([1; 32]), [a, b]);
+        let other: SocketAddr = "[fd00::2]:1".parse().unwrap();
+        assert!(bans.is_banned(&NodeId([1; 32]), &other), "the node id, wherever it comes from");
+        assert!(bans.is_banned(&NodeId([2; 32]), &b), "the address, whoever it claims to be");
+        assert!(!bans.is_banned(&NodeId([2; 32]), &other));
+        assert!(bans.has_addr(&a) && !bans.has_addr(&other));
+    }
+
+    #[test]
+    fn routes_reach_only_the_download_of_their_root() {
+        let routes = Routes::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (r1, r2) = (Hash([1; 32]), Hash([2; 32]));
+        assert!(routes.add(r1, tx.clone()));
+        assert!(!routes.add(r1, tx), "one download per root");
+        routes.have(&r2, 1, 0);
+        routes.have(&r1, 1, 3);
+        routes.peer_left(9);
+        assert!(matches!(rx.try_recv(), Ok(DownloadEvent::Have { conn: 1, index: 3 })));
+        assert!(matches!(rx.try_recv(), Ok(DownloadEvent::PeerLeft(9))));
+        assert!(rx.try_recv().is_err());
+        routes.remove(&r1);
+        routes.peer_left(9);
+        assert!(rx.try_recv().is_err(), "a removed download hears nothing");
+    }
+}

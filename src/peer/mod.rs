@@ -234,16 +234,24 @@ impl PeerConn {
     /// layers above: frames it is asked to send appear on the [`Outbox`].
     #[cfg(test)]
     pub(crate) fn detached(conn_id: u64) -> (Arc<PeerConn>, Outbox) {
-        let (ctrl, rx) = mpsc::unbounded_channel();
         let addr = SocketAddr::from(([0xfd00, 0, 0, 0, 0, 0, 0, conn_id as u16], 9000));
+        let (conn, outbox) = Self::detached_with(conn_id, NodeId([conn_id as u8; 32]), Arc::new(PeerStats::new(addr)));
+        (Arc::new(conn), outbox)
+    }
+
+    /// [`PeerConn::detached`] for node id `node_id` with the given counters.
+    #[cfg(test)]
+    pub(crate) fn detached_with(conn_id: u64, node_id: NodeId, stats: Arc<PeerStats>) -> (PeerConn, Outbox) {
+        let (ctrl, rx) = mpsc::unbounded_channel();
+        let addr = SocketAddr::from(([0xfd00, 0, 0, 0, 0, 0, 0, node_id.0[0] as u16], 9000));
         let conn = PeerConn {
             conn_id,
-            node_id: NodeId([conn_id as u8; 32]),
+            node_id,
             addr,
             listen_addr: Some(addr),
             direction: Direction::Outbound,
             since: Instant::now(),
-            stats: Arc::new(PeerStats::new(addr)),
+            stats,
             received: Arc::new(AtomicU64::new(0)),
             peers_sent: Mutex::new(None),
             ctrl,
@@ -255,7 +263,7 @@ impl PeerConn {
             close_frame: Mutex::new(None),
             unsolicited: AtomicU32::new(0),
         };
-        (Arc::new(conn), Outbox(rx))
+        (conn, Outbox(rx))
     }
 
     /// Queues a control frame; false if the connection is gone.
