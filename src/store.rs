@@ -30,7 +30,7 @@ use std::time::SystemTime;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// An I/O error on a named file.
-    #[error("{}: {}", .path.display(), crate::text::io_message(.source))]
+    #[error("{}: {}", crate::text::shown_path(.path), crate::text::io_message(.source))]
     Io {
         /// The file involved.
         path: PathBuf,
@@ -38,7 +38,7 @@ pub enum StoreError {
         source: io::Error,
     },
     /// Not enough free space for a download.
-    #[error("not enough disk space for {}: need {need} bytes, {free} free", .path.display())]
+    #[error("not enough disk space for {}: need {need} bytes, {free} free", crate::text::shown_path(.path))]
     NoSpace {
         /// The file to be written.
         path: PathBuf,
@@ -48,7 +48,7 @@ pub enum StoreError {
         free: u64,
     },
     /// A piece of the wrong length for its slot, or a slot written twice: a bug in the caller.
-    #[error("{}: piece {index}: {why}", .path.display())]
+    #[error("{}: piece {index}: {why}", crate::text::shown_path(.path))]
     BadWrite {
         /// The `.part` file.
         path: PathBuf,

@@ -28,6 +28,12 @@ pub fn shown(text: &str) -> Shown<'_> {
     Shown { text, max: SHOWN_MAX }
 }
 
+/// A path for messages: its name may come from a manifest, so it is shown
+/// escaped, and cut at a longer limit than other text (paths are long).
+pub fn shown_path(path: &std::path::Path) -> String {
+    clean(&path.to_string_lossy(), 4 * SHOWN_MAX)
+}
+
 fn is_dangerous(c: char) -> bool {
     c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }

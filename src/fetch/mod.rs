@@ -155,10 +155,10 @@ pub enum FetchError {
     #[error("no peer holds {0}")]
     NotFound(Hash),
     /// The output path is taken; pex never overwrites.
-    #[error("{} already exists; remove it or choose another path with -o", .0.display())]
+    #[error("{} already exists; remove it or choose another path with -o", crate::text::shown_path(.0))]
     OutputExists(PathBuf),
     /// A `.part` file from some other download is in the way.
-    #[error("{} belongs to another download; remove it or choose another path with -o", .0.display())]
+    #[error("{} belongs to another download; remove it or choose another path with -o", crate::text::shown_path(.0))]
     ForeignPart(PathBuf),
     /// The root hash names something that is not a valid manifest.
     #[error("{root} is not a valid pex manifest: {error}")]
