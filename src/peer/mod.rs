@@ -207,27 +207,8 @@ impl PeerConn {
     /// A connection record for a completed handshake. `close` is cancelled to
     /// close it (a child of the owner's shutdown token).
     pub fn new(conn_id: u64, hs: &Handshaken, stats: Arc<PeerStats>, close: CancellationToken) -> (PeerConn, Outbox) {
-        let (ctrl, rx) = mpsc::unbounded_channel();
-        let conn = PeerConn {
-            conn_id,
-            node_id: hs.hello.node_id,
-            addr: hs.addr,
-            listen_addr: hs.listen_addr(),
-            direction: hs.direction,
-            since: Instant::now(),
-            stats,
-            received: Arc::new(AtomicU64::new(0)),
-            peers_sent: Mutex::new(None),
-            ctrl,
-            asks: Mutex::new(HashMap::new()),
-            withdrawn: Mutex::new(VecDeque::new()),
-            interest: Mutex::new(HashSet::new()),
-            bitfield_sent: Mutex::new(HashSet::new()),
-            close,
-            close_frame: Mutex::new(None),
-            unsolicited: AtomicU32::new(0),
-        };
-        (conn, Outbox(rx))
+        let (id, addr, listen) = (hs.hello.node_id, hs.addr, hs.listen_addr());
+        Self::build(conn_id, id, addr, listen, hs.direction, stats, close)
     }
 
     /// A connection record with no socket behind it, for unit tests of the
@@ -242,14 +223,26 @@ impl PeerConn {
     /// [`PeerConn::detached`] for node id `node_id` with the given counters.
     #[cfg(test)]
     pub(crate) fn detached_with(conn_id: u64, node_id: NodeId, stats: Arc<PeerStats>) -> (PeerConn, Outbox) {
-        let (ctrl, rx) = mpsc::unbounded_channel();
         let addr = SocketAddr::from(([0xfd00, 0, 0, 0, 0, 0, 0, node_id.0[0] as u16], 9000));
+        Self::build(conn_id, node_id, addr, Some(addr), Direction::Outbound, stats, CancellationToken::new())
+    }
+
+    fn build(
+        conn_id: u64,
+        node_id: NodeId,
+        addr: SocketAddr,
+        listen_addr: Option<SocketAddr>,
+        direction: Direction,
+        stats: Arc<PeerStats>,
+        close: CancellationToken,
+    ) -> (PeerConn, Outbox) {
+        let (ctrl, rx) = mpsc::unbounded_channel();
         let conn = PeerConn {
             conn_id,
             node_id,
             addr,
-            listen_addr: Some(addr),
-            direction: Direction::Outbound,
+            listen_addr,
+            direction,
             since: Instant::now(),
             stats,
             received: Arc::new(AtomicU64::new(0)),
@@ -259,7 +252,7 @@ impl PeerConn {
             withdrawn: Mutex::new(VecDeque::new()),
             interest: Mutex::new(HashSet::new()),
             bitfield_sent: Mutex::new(HashSet::new()),
-            close: CancellationToken::new(),
+            close,
             close_frame: Mutex::new(None),
             unsolicited: AtomicU32::new(0),
         };
