@@ -33,6 +33,25 @@ pub struct SeedRecord {
     pub size: u64,
     /// Its modification time when hashed; a different one means the file changed.
     pub mtime: Option<SystemTime>,
+    /// Its inode number when hashed (with size and mtime, what lets `pex seed`
+    /// trust the record instead of hashing the file again).
+    #[serde(default)]
+    pub inode: Option<u64>,
+}
+
+impl SeedRecord {
+    /// The record of the file at `path` as `meta` describes it.
+    pub fn of(path: PathBuf, meta: &std::fs::Metadata) -> SeedRecord {
+        use std::os::unix::fs::MetadataExt;
+        SeedRecord { path, size: meta.len(), mtime: meta.modified().ok(), inode: Some(meta.ino()) }
+    }
+
+    /// Whether `meta` still describes the file this record was made from:
+    /// same size, modification time and inode.
+    pub fn matches(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.size == meta.len() && self.mtime == meta.modified().ok() && self.inode == Some(meta.ino())
+    }
 }
 
 /// An unfinished download of a root: where it is written and which pieces
@@ -237,7 +256,7 @@ mod tests {
         dd.save_info(&info).unwrap();
         let back = dd.load_info(&info.root).unwrap().unwrap();
         assert_eq!(back.pieces, info.pieces);
-        let rec = SeedRecord { path: "/tmp/x".into(), size: 5, mtime: Some(SystemTime::UNIX_EPOCH) };
+        let rec = SeedRecord { path: "/tmp/x".into(), size: 5, mtime: Some(SystemTime::UNIX_EPOCH), inode: Some(1) };
         dd.save_seed(&info.root, &rec).unwrap();
         let seeds = dd.seeds();
         assert_eq!(seeds.len(), 1);

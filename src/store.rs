@@ -38,7 +38,7 @@ pub enum StoreError {
         source: io::Error,
     },
     /// Not enough free space for a download.
-    #[error("not enough disk space for {}: need {need} bytes, {free} free", crate::text::shown_path(.path))]
+    #[error("not enough disk space for {}: need {}, {} free", crate::text::shown_path(.path), crate::text::bytes(*.need), crate::text::bytes(*.free))]
     NoSpace {
         /// The file to be written.
         path: PathBuf,

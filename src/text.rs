@@ -34,6 +34,28 @@ pub fn shown_path(path: &std::path::Path) -> String {
     clean(&path.to_string_lossy(), 4 * SHOWN_MAX)
 }
 
+/// A byte count for people, in binary units: "512 B", "20.0 MiB", "1.50 GiB".
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    let digits = if v < 10.0 {
+        2
+    } else if v < 100.0 {
+        1
+    } else {
+        0
+    };
+    format!("{v:.digits$} {}", UNITS[unit])
+}
+
 fn is_dangerous(c: char) -> bool {
     c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
@@ -75,6 +97,12 @@ mod tests {
         assert_eq!(clean("a\u{202e}b\u{85}", 10), "a\\u{202e}b\\u{85}");
         assert_eq!(clean(&"x".repeat(10_000), 5), "xxxxx…");
         assert!(shown(&"é".repeat(10_000)).to_string().chars().count() <= SHOWN_MAX + 1);
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.00 KiB");
+        assert_eq!(bytes(20 << 20), "20.0 MiB");
+        assert_eq!(bytes(1536 << 20), "1.50 GiB");
+        assert_eq!(bytes(300 << 30), "300 GiB");
         let e = std::io::Error::from_raw_os_error(libc::EACCES);
         assert_eq!(io_message(&e), "Permission denied");
     }

@@ -133,11 +133,11 @@ impl Seeder {
         Seeder { child, root, peer, lines }
     }
 
-    /// Ctrl-C: the seeder must exit 0; returns the rest of its stdout.
+    /// Ctrl-C: the seeder must exit 130 (interrupted); returns the rest of its stdout.
     fn interrupt(mut self) -> Vec<String> {
         self.child.signal(libc::SIGINT);
         let status = self.child.wait_within(PATIENCE);
-        assert!(status.success(), "seeder exited with {status}");
+        assert_eq!(status.code(), Some(130), "seeder exited with {status}");
         // The reader thread may still be forwarding the last lines after exit.
         let mut rest = Vec::new();
         // The channel closes when the reader thread reaches the end of the pipe.
@@ -415,7 +415,7 @@ fn a_restarted_serve_serves_what_was_seeded_and_names_damaged_records() {
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&a).unwrap());
     serve.signal(libc::SIGINT);
-    assert!(serve.wait_within(PATIENCE).success());
+    assert_eq!(serve.wait_within(PATIENCE).code(), Some(130));
 }
 
 #[test]
@@ -451,7 +451,7 @@ fn fetch_with_seed_keeps_serving_after_it_completes() {
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     assert!(std::fs::read(&second_copy).unwrap() == bytes);
     relay.signal(libc::SIGINT);
-    assert!(relay.wait_within(PATIENCE).success());
+    assert_eq!(relay.wait_within(PATIENCE).code(), Some(130));
 }
 
 impl Seeder {
@@ -478,7 +478,10 @@ fn ctrl_c_during_a_fetch_exits_130_with_a_summary_and_a_resumable_record() {
     fetch.signal(libc::SIGINT);
     let result = fetch.output_within(PATIENCE);
     assert_eq!(result.status.code(), Some(130));
-    assert_eq!(String::from_utf8_lossy(&result.stderr).trim(), "error: interrupted");
+    let err = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: interrupted; the partial download"), "{err}");
+    assert!(err.contains("run the same command to resume"), "{err}");
     let summary: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
     assert_eq!(summary["ok"], false);
     assert_eq!(summary["file_bytes"], 8 << 20);

@@ -5,12 +5,12 @@
 use super::blobs::Blobs;
 use super::output::Output;
 use super::schedule::PeerState;
-use super::{DownloadEvent, Env, FetchError, FetchOptions, FetchOutcome, Progress, PERSIST_INTERVAL};
+use super::{DownloadEvent, Env, FetchError, FetchOptions, FetchOutcome, Progress, Stage, PERSIST_INTERVAL};
 use crate::hash::Hash;
 use crate::manifest::{FileInfo, Manifest};
 use crate::peer::{Answer, Route};
 use crate::picker::Picker;
-use crate::store::{FileEntry, StoreError};
+use crate::store::{FileEntry, PartFile, StoreError};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -30,6 +30,8 @@ pub(super) enum Phase {
     Lists(Lists),
     /// Every piece hash is known; pieces are coming.
     Pieces(Pieces),
+    /// The complete file was found already at the output path.
+    Complete { info: Arc<FileInfo>, out: Output },
 }
 
 /// The hash-list phase.
@@ -48,6 +50,7 @@ pub(super) struct Pieces {
     pub blobs: Blobs,
     pub picker: Picker,
     pub out: Output,
+    pub part: Arc<PartFile>,
     pub entry: Arc<FileEntry>,
     /// Blobs being hashed and written now.
     pub verifying: HashSet<u32>,
@@ -60,6 +63,7 @@ impl Phase {
             Phase::Manifest => None,
             Phase::Lists(l) => Some(&l.out),
             Phase::Pieces(p) => Some(&p.out),
+            Phase::Complete { out, .. } => Some(out),
         }
     }
 }
@@ -85,7 +89,7 @@ pub(super) struct Download {
     pub env: Env,
     pub root: Hash,
     pub opts: FetchOptions,
-    pub progress: watch::Sender<Progress>,
+    pub progress: Arc<watch::Sender<Progress>>,
     /// Where peers deliver answers to this download's ASKs.
     pub route: Route,
     pub peers: HashMap<u64, PeerState>,
@@ -98,6 +102,7 @@ pub(super) struct Download {
     pub clock: Clock,
     pub have_bytes: u64,
     pub resumed_bytes: u64,
+    pub received_bytes: u64,
 }
 
 /// Fetches `root` into a verified file, publishing progress on `progress`.
@@ -116,7 +121,7 @@ pub async fn download(
         env,
         root,
         opts,
-        progress,
+        progress: Arc::new(progress),
         route,
         peers: HashMap::new(),
         phase: Phase::Manifest,
@@ -127,6 +132,7 @@ pub async fn download(
         clock: Clock { started: now, ever_connected: false, last_peer: now, last_join: now, last_progress: now },
         have_bytes: 0,
         resumed_bytes: 0,
+        received_bytes: 0,
     };
     let result = dl.run(events, answers).await;
     dl.release_asks();
@@ -229,6 +235,7 @@ impl Download {
         if let Some(p) = self.peers.get_mut(&conn) {
             p.answered(&hash, data.len() as u64);
         }
+        self.received_bytes += data.len() as u64;
         match &mut self.phase {
             Phase::Manifest if hash == self.root => {
                 if Hash::of(&data) != hash {
@@ -238,7 +245,7 @@ impl Download {
                     Manifest::parse(&data).map_err(|error| FetchError::BadManifest { root: self.root, error })?;
                 self.accept_manifest(data, manifest).await
             }
-            Phase::Manifest => Ok(()),
+            Phase::Manifest | Phase::Complete { .. } => Ok(()),
             Phase::Lists(l) => {
                 let Some(i) = l.manifest.lists.iter().position(|h| *h == hash) else { return Ok(()) };
                 if l.lists[i].is_some() {
@@ -277,7 +284,7 @@ impl Download {
                     return self.check_obtainable(b, data.len());
                 }
                 p.verifying.insert(b);
-                let part = p.out.part.clone();
+                let part = p.part.clone();
                 let pieces = p.blobs.pieces_of[b as usize].clone();
                 self.verifying.spawn_blocking(move || {
                     if Hash::of(&data) != hash {
@@ -356,11 +363,30 @@ impl Download {
         }
     }
 
+    /// Publishes the counters and what the download is doing now.
     pub(super) fn publish(&self) {
-        let (have, peers) = (self.have_bytes, self.peers.len());
+        let (have, received, peers) = (self.have_bytes, self.received_bytes, self.peers.len());
+        let stage = match &self.phase {
+            _ if self.peers.is_empty() && self.clock.ever_connected => {
+                let gone = self.clock.last_peer.elapsed();
+                Stage::NoPeers { give_up_in: self.opts.give_up_after.saturating_sub(gone) }
+            }
+            _ if self.peers.is_empty() => Stage::Connecting,
+            Phase::Manifest => Stage::Manifest,
+            Phase::Lists(_) => Stage::Lists,
+            Phase::Pieces(_) | Phase::Complete { .. } => Stage::Pieces,
+        };
+        let dialing = if peers == 0 {
+            self.opts.peers.iter().map(|a| (*a, self.env.swarm.dial_error(a))).collect()
+        } else {
+            Vec::new()
+        };
         self.progress.send_modify(|p| {
             p.have_bytes = have;
+            p.received_bytes = received;
             p.peers = peers;
+            p.stage = stage;
+            p.dialing = dialing;
         });
     }
 }

@@ -115,9 +115,33 @@ impl Default for FetchOptions {
     }
 }
 
+/// What a download is doing, for UIs that say so.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Stage {
+    /// No peer connected yet: dialling (see [`Progress::dialing`]).
+    #[default]
+    Connecting,
+    /// Connected; asking for the manifest.
+    Manifest,
+    /// Fetching the hash lists.
+    Lists,
+    /// Re-checking the pieces an earlier run left in the `.part`
+    /// ([`Progress::checked_bytes`] of [`Progress::checking_bytes`]).
+    Checking,
+    /// Fetching pieces.
+    Pieces,
+    /// Every peer is gone; the fetch gives up at the end of `give_up_in` unless one returns.
+    NoPeers {
+        /// Time left before giving up.
+        give_up_in: Duration,
+    },
+}
+
 /// Progress of a download, published for UIs.
 #[derive(Clone, Debug, Default)]
 pub struct Progress {
+    /// What the download is doing.
+    pub stage: Stage,
     /// File name, once the manifest arrived.
     pub name: Option<String>,
     /// File size, once known.
@@ -126,8 +150,18 @@ pub struct Progress {
     pub have_bytes: u64,
     /// Bytes that were already in the `.part` file when the download started.
     pub resumed_bytes: u64,
+    /// GIVE payload bytes received by this download so far (what a rate is computed from).
+    pub received_bytes: u64,
+    /// While re-checking: bytes an earlier run claimed, and how many of them are checked.
+    pub checking_bytes: u64,
+    /// See [`Progress::checking_bytes`].
+    pub checked_bytes: u64,
     /// Connected peers.
     pub peers: usize,
+    /// The peers given to dial, with the last error of each that is failing.
+    pub dialing: Vec<(SocketAddr, Option<String>)>,
+    /// The `.part` being written, once it exists (kept when a fetch fails after verifying pieces).
+    pub part: Option<PathBuf>,
 }
 
 /// A finished download.
@@ -141,6 +175,8 @@ pub struct FetchOutcome {
     pub file_bytes: u64,
     /// Bytes reused from an earlier, interrupted run.
     pub resumed_bytes: u64,
+    /// The complete file was already at the output path: nothing was fetched.
+    pub already_complete: bool,
     /// The manifest and piece hashes.
     pub info: Arc<FileInfo>,
 }

@@ -35,11 +35,14 @@ const NAME_MAX: usize = 255;
 pub(super) struct Output {
     /// The final path.
     pub path: PathBuf,
-    pub part: Arc<PartFile>,
+    /// The `.part` being written; `None` when a file was already at the output path.
+    pub part: Option<Arc<PartFile>>,
     /// Absolute path of the `.part`, as recorded.
     pub part_abs: PathBuf,
     /// This run created the `.part` (no earlier run's pieces are in it).
     pub created: bool,
+    /// A `.part` found without a record of ours (another data directory's), re-checked whole.
+    pub adopted: bool,
     /// A flush-then-record of the partial state in progress.
     persisting: Option<JoinHandle<io::Result<()>>>,
     /// Pieces completed since the last record.
@@ -62,49 +65,71 @@ impl Output {
 impl Download {
     /// The manifest arrived: pick the output path, check space, open the `.part`.
     pub(super) async fn accept_manifest(&mut self, blob: Bytes, manifest: Manifest) -> Result<(), FetchError> {
+        let name = crate::manifest::sanitize_name(&manifest.name);
         let path = match &self.opts.output {
+            // An existing directory: save into it under the manifest's name, as `cp` does.
+            Some(p) if p.is_dir() => p.join(&name),
             Some(p) => p.clone(),
-            None => PathBuf::from(crate::manifest::sanitize_name(&manifest.name)),
+            None => PathBuf::from(&name),
         };
-        if path.exists() {
-            return Err(FetchError::OutputExists(path));
-        }
+        // A file already there is either this very file, complete (checked once
+        // the piece hashes are known), or in the way.
+        let existing = path.exists();
         let part_path = part_path(&path);
-        let resuming = part_path.exists();
-        let earlier = if resuming {
+        let resuming = part_path.exists() && !existing;
+        let (earlier, adopted) = if resuming {
             match self.earlier_run(&part_path).await? {
-                Some(record) => Some(record),
+                Some(record) => (Some(record), false),
+                // No record of ours, but of this file's size: perhaps this root's `.part`
+                // left by another data directory. Every piece is re-checked; if none
+                // verifies, it is someone else's and is refused untouched.
+                None if std::fs::metadata(&part_path).is_ok_and(|m| m.len() == manifest.size) => (None, true),
                 None => return Err(FetchError::ForeignPart(part_path)),
             }
         } else {
+            (None, false)
+        };
+        if !resuming && !existing {
             let free = free_space(&part_path).unwrap_or(u64::MAX);
             if free < manifest.size {
                 return Err(StoreError::NoSpace { path: part_path, need: manifest.size, free }.into());
             }
-            None
-        };
+        }
         let abs = std::path::absolute(&part_path).unwrap_or(part_path.clone());
         let (dd, root, size) = (self.env.data_dir.clone(), self.root, manifest.size);
-        let (record_abs, fresh) = (abs.clone(), earlier.is_none());
-        let part = blocking(move || {
-            if let (Some(dd), true) = (dd, fresh) {
-                // Written before the .part exists, so a .part is never left without an owner.
-                dd.save_partial(&root, &record_abs, None).map_err(FetchError::DataDir)?;
-            }
-            Ok(Arc::new(PartFile::open(&part_path, size)?))
-        })
-        .await?;
-        let claimed = earlier.and_then(|r| r.claimed(manifest.piece_count() as usize));
+        let (record_abs, fresh) = (abs.clone(), !resuming && !existing);
+        let part = if existing {
+            None
+        } else {
+            let part = blocking(move || {
+                if let (Some(dd), true) = (dd, fresh) {
+                    // Written before the .part exists, so a .part is never left without an owner.
+                    dd.save_partial(&root, &record_abs, None).map_err(FetchError::DataDir)?;
+                }
+                Ok(Arc::new(PartFile::open(&part_path, size)?))
+            })
+            .await?;
+            Some(part)
+        };
+        let pieces = manifest.piece_count() as usize;
+        let claimed = match (earlier, adopted) {
+            (_, true) => Some(bitfield::to_bytes(bitvec![u8, Msb0; 1; pieces]).to_vec()),
+            (Some(r), false) => r.claimed(pieces),
+            (None, false) => None,
+        };
         self.env.store.add_blob(self.root, blob.clone());
+        let shown_part = part.as_ref().map(|_| abs.clone());
         self.progress.send_modify(|p| {
             p.name = Some(manifest.name.clone());
             p.total_bytes = manifest.size;
+            p.part = shown_part;
         });
         let out = Output {
             path,
-            part,
+            part: part.clone(),
             part_abs: abs,
-            created: !resuming,
+            created: fresh,
+            adopted,
             persisting: None,
             unpersisted: 0,
             last_persist: Instant::now(),
@@ -129,7 +154,8 @@ impl Download {
         Ok(record.filter(|r| r.part == abs))
     }
 
-    /// Every hash list is here: check what the `.part` already holds, then fetch pieces.
+    /// Every hash list is here: check what the `.part` (or a file already at
+    /// the output path) holds, then fetch pieces.
     pub(super) async fn start_pieces(&mut self) -> Result<(), FetchError> {
         let Phase::Lists(l) = &self.phase else { return Ok(()) };
         let lists: Vec<Bytes> = l.lists.iter().flatten().cloned().collect();
@@ -138,24 +164,62 @@ impl Download {
         let info = Arc::new(info);
         let blobs = Blobs::new(&info).map_err(|(index, reason)| FetchError::BadPiece { index, reason })?;
         let (dd, record) = (self.env.data_dir.clone(), info.clone());
-        let (part, claimed) = (l.out.part.clone(), l.claimed.clone());
-        let check = info.clone();
+        let (part, claimed, path) = (l.out.part.clone(), l.claimed.clone(), l.out.path.clone());
+        let (check, progress) = (info.clone(), self.progress.clone());
+        let total = match (&part, &claimed) {
+            (None, _) => info.manifest.size,
+            (Some(_), Some(c)) => BitSlice::<u8, Msb0>::from_slice(c)
+                .iter_ones()
+                .take_while(|i| *i < info.pieces.len())
+                .map(|i| info.manifest.piece_len(i as u64) as u64)
+                .sum(),
+            (Some(_), None) => 0,
+        };
+        if total > 0 {
+            self.progress.send_modify(|p| {
+                p.stage = super::Stage::Checking;
+                p.checking_bytes = total;
+                p.checked_bytes = 0;
+            });
+        }
         let held = blocking(move || {
             if let Some(dd) = dd {
                 dd.save_info(&record).map_err(FetchError::DataDir)?;
             }
-            match claimed {
-                Some(claimed) => verify_claimed(&part, &check, BitSlice::from_slice(&claimed)),
-                None => Ok(bitvec![u8, Msb0; 0; check.pieces.len()]),
+            let tick = |n: u64| progress.send_modify(|p| p.checked_bytes += n);
+            match (part, claimed) {
+                (None, _) => verify_existing(&path, &check, &tick),
+                (Some(part), Some(claimed)) => {
+                    verify_claimed(part.file(), part.path(), &check, BitSlice::from_slice(&claimed), &tick)
+                }
+                (Some(_), None) => Ok(bitvec![u8, Msb0; 0; check.pieces.len()]),
             }
         })
         .await?;
         let Phase::Lists(l) = std::mem::replace(&mut self.phase, Phase::Manifest) else { return Ok(()) };
+        let Some(part) = l.out.part.clone() else {
+            // A file was at the output path: it is this file, complete, or in the way.
+            if held.all() {
+                self.phase = Phase::Complete { info, out: l.out };
+                return Ok(());
+            }
+            return Err(FetchError::OutputExists(l.out.path));
+        };
+        if l.out.adopted {
+            if held.not_any() && !info.pieces.is_empty() {
+                return Err(FetchError::ForeignPart(l.out.part_abs));
+            }
+            if let Some(dd) = self.env.data_dir.clone() {
+                let (root, abs, bits) = (self.root, l.out.part_abs.clone(), bitfield::to_bytes(held.clone()));
+                blocking(move || dd.save_partial(&root, &abs, Some(&bits)).map_err(FetchError::DataDir)).await?;
+            }
+        }
         self.resumed_bytes = held.iter_ones().map(|p| info.manifest.piece_len(p as u64) as u64).sum();
         self.have_bytes = self.resumed_bytes;
-        let entry = self.env.store.add_partial(info.clone(), l.out.part.clone(), held.clone());
+        let entry = self.env.store.add_partial(info.clone(), part.clone(), held.clone());
         let picker = Picker::new(blobs.held_blobs(&held));
-        self.phase = Phase::Pieces(Pieces { info, blobs, picker, out: l.out, entry, verifying: HashSet::new() });
+        let verifying = HashSet::new();
+        self.phase = Phase::Pieces(Pieces { info, blobs, picker, out: l.out, part, entry, verifying });
         let bits = bitfield::to_bytes(held);
         for p in self.peers.values() {
             p.conn.send_bitfield_once(self.root, bits.clone());
@@ -170,6 +234,7 @@ impl Download {
         self.progress.send_modify(|p| {
             p.resumed_bytes = resumed;
             p.have_bytes = resumed;
+            p.stage = super::Stage::Pieces;
         });
         self.clock.last_progress = Instant::now();
         Ok(())
@@ -197,7 +262,7 @@ impl Download {
             return;
         }
         let held = bitfield::to_bytes(p.entry.held());
-        let (part, path) = (out.part.clone(), out.part_abs.clone());
+        let (part, path) = (p.part.clone(), out.part_abs.clone());
         out.unpersisted = 0;
         out.last_persist = Instant::now();
         let job = tokio::task::spawn_blocking(move || -> io::Result<()> {
@@ -211,37 +276,48 @@ impl Download {
         }
     }
 
-    /// When every piece is verified: flush, move into place without overwriting, record.
+    /// When every piece is verified: flush, move into place without overwriting,
+    /// record. A file found complete at the output path is simply recorded.
     pub(super) async fn try_finish(&mut self) -> Result<Option<FetchOutcome>, FetchError> {
-        let Phase::Pieces(p) = &mut self.phase else { return Ok(None) };
-        if p.picker.remaining() != 0 || !p.verifying.is_empty() {
-            return Ok(None);
-        }
-        if let Some(h) = p.out.persisting.take() {
-            let _ = h.await;
-        }
-        let info = p.info.clone();
-        let (part, path, dd, root) = (p.out.part.clone(), p.out.path.clone(), self.env.data_dir.clone(), self.root);
+        let (info, part, path) = match &mut self.phase {
+            Phase::Pieces(p) if p.picker.remaining() == 0 && p.verifying.is_empty() => {
+                if let Some(h) = p.out.persisting.take() {
+                    let _ = h.await;
+                }
+                (p.info.clone(), Some(p.part.clone()), p.out.path.clone())
+            }
+            Phase::Complete { info, out } => (info.clone(), None, out.path.clone()),
+            _ => return Ok(None),
+        };
+        let already_complete = part.is_none();
+        let (dd, root) = (self.env.data_dir.clone(), self.root);
         let abs = std::path::absolute(&path).unwrap_or(path.clone());
-        let record_path = abs.clone();
+        let (record_path, size) = (abs.clone(), info.manifest.size);
         blocking(move || {
-            part.sync()?;
-            publish_file(part.path(), &path)?;
+            if let Some(part) = part {
+                part.sync()?;
+                publish_file(part.path(), &path)?;
+            }
             if let Some(dd) = dd {
-                let mtime = std::fs::metadata(&record_path).ok().and_then(|m| m.modified().ok());
-                let record = SeedRecord { path: record_path, size: info.manifest.size, mtime };
-                dd.save_seed(&root, &record).map_err(FetchError::DataDir)?;
+                let meta = std::fs::metadata(&record_path)
+                    .map_err(|source| StoreError::Io { path: record_path.clone(), source })?;
+                dd.save_seed(&root, &SeedRecord::of(record_path, &meta)).map_err(FetchError::DataDir)?;
                 let _ = dd.remove_partial(&root);
             }
             Ok(())
         })
         .await?;
+        if already_complete {
+            self.have_bytes = size;
+            self.resumed_bytes = size;
+        }
         let outcome = FetchOutcome {
             root: self.root,
             path: abs,
-            file_bytes: p.info.manifest.size,
+            file_bytes: size,
             resumed_bytes: self.resumed_bytes,
-            info: p.info.clone(),
+            already_complete,
+            info,
         };
         self.publish();
         Ok(Some(outcome))
@@ -256,15 +332,9 @@ impl Download {
         if !out.created || self.have_bytes > 0 {
             return;
         }
-        let held_any = match &self.phase {
-            Phase::Pieces(p) => p.entry.holds_any(),
-            _ => false,
-        };
-        if held_any {
-            return;
-        }
+        let Some(part) = &out.part else { return };
         self.env.store.remove_file(&self.root);
-        let (part, dd, root) = (out.part.path().to_owned(), self.env.data_dir.clone(), self.root);
+        let (part, dd, root) = (part.path().to_owned(), self.env.data_dir.clone(), self.root);
         let _ = blocking(move || {
             let _ = std::fs::remove_file(&part);
             if let Some(dd) = dd {
@@ -300,19 +370,38 @@ pub fn part_path(output: &Path) -> PathBuf {
 
 /// Which of the pieces an earlier run claims really are in the `.part`, by
 /// hashing them on all cores: a crash can leave the record ahead of the data.
-fn verify_claimed(part: &PartFile, info: &FileInfo, claimed: &BitSlice<u8, Msb0>) -> Result<Bits, FetchError> {
+fn verify_claimed(
+    file: &std::fs::File,
+    path: &Path,
+    info: &FileInfo,
+    claimed: &BitSlice<u8, Msb0>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Bits, FetchError> {
     let n = info.pieces.len();
     let mut held = bitvec![u8, Msb0; 0; n];
     let todo: Vec<u64> = claimed.iter_ones().filter(|i| *i < n).map(|i| i as u64).collect();
     let threads = std::thread::available_parallelism().map_or(2, |t| t.get());
-    let hashes = hash_pieces_at(part.file(), info.manifest.size, &todo, threads, &|_| {})
-        .map_err(|source| StoreError::Io { path: part.path().to_owned(), source })?;
+    let hashes = hash_pieces_at(file, info.manifest.size, &todo, threads, progress)
+        .map_err(|source| StoreError::Io { path: path.to_owned(), source })?;
     for (i, h) in hashes {
         if h == info.pieces[i as usize] {
             held.set(i as usize, true);
         }
     }
     Ok(held)
+}
+
+/// Which pieces a file already at the output path holds: all of them when it
+/// is this very file, complete (then the fetch has nothing to do).
+fn verify_existing(path: &Path, info: &FileInfo, progress: &(dyn Fn(u64) + Sync)) -> Result<Bits, FetchError> {
+    let none = || bitvec![u8, Msb0; 0; info.pieces.len()];
+    let Ok(file) = std::fs::File::open(path) else { return Ok(none()) };
+    match file.metadata() {
+        Ok(m) if m.is_file() && m.len() == info.manifest.size => {}
+        _ => return Ok(none()),
+    }
+    let all = bitvec![u8, Msb0; 1; info.pieces.len()];
+    verify_claimed(&file, path, info, &all, progress)
 }
 
 /// Moves a complete `.part` to its final name, never replacing an existing file.

@@ -109,6 +109,7 @@ impl Download {
     pub(super) fn schedule(&mut self) {
         let now = Instant::now();
         match &mut self.phase {
+            Phase::Complete { .. } => {}
             Phase::Manifest => {
                 for p in self.peers.values_mut() {
                     // A peer that lacked the root may be fetching it itself: ask again now and then.
@@ -256,6 +257,7 @@ impl Download {
         p.asked.remove(&hash);
         p.last_answer = Instant::now();
         let pc = match &mut self.phase {
+            Phase::Complete { .. } => return,
             Phase::Manifest => {
                 p.lacks_root |= hash == self.root;
                 return;

@@ -106,6 +106,15 @@ pub(crate) struct Shared {
     totals: Totals,
 }
 
+/// A file being served after [`Node::seed_file`].
+#[derive(Clone, Debug)]
+pub struct Seeded {
+    /// Its manifest and piece hashes.
+    pub info: Arc<FileInfo>,
+    /// False when a record of the unchanged file was trusted instead of hashing it.
+    pub hashed: bool,
+}
+
 /// Why a node could not start or seed.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -222,20 +231,39 @@ impl Node {
 
     /// Hashes `path` on all cores (calling `progress` with bytes done), serves it,
     /// and records it in the data directory so `pex serve` serves it again.
+    /// A file the data directory already knows, unchanged (same size,
+    /// modification time and inode), is not hashed again; see [`Node::seed_file`].
     pub async fn seed(
         &self,
         path: &Path,
         progress: impl Fn(u64) + Send + Sync + 'static,
     ) -> Result<Arc<FileInfo>, NodeError> {
+        Ok(self.seed_file(path, false, progress).await?.info)
+    }
+
+    /// [`Node::seed`], hashing the file even if it is known when `rehash` is set.
+    pub async fn seed_file(
+        &self,
+        path: &Path,
+        rehash: bool,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<Seeded, NodeError> {
         let path = std::path::absolute(path).map_err(|e| StoreError::Io { path: path.to_owned(), source: e })?;
         let p = path.clone();
         let dd = self.shared.data_dir.clone();
-        let (info, mtime) = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
+        let (info, record, hashed) = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
             let err = |source| StoreError::Io { path: p.clone(), source };
             let file = std::fs::File::open(&p).map_err(err)?;
             let meta = file.metadata().map_err(err)?;
             if !meta.is_file() {
                 return Err(err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")).into());
+            }
+            let known = match (&dd, rehash) {
+                (Some(dd), false) => dd.seeds().into_iter().flatten().find(|(r, _)| r.path == p && r.matches(&meta)),
+                _ => None,
+            };
+            if let Some((record, info)) = known {
+                return Ok((info, record, false));
             }
             let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
             let pieces = hash_pieces(&file, meta.len(), threads, &progress).map_err(err)?;
@@ -245,19 +273,18 @@ impl Node {
             }
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let info = FileInfo::new(&name, meta.len(), pieces);
-            let mtime = meta.modified().ok();
+            let record = SeedRecord::of(p.clone(), &meta);
             if let Some(dd) = dd {
                 dd.save_info(&info).map_err(NodeError::DataDir)?;
-                let record = SeedRecord { path: p.clone(), size: info.manifest.size, mtime };
                 dd.save_seed(&info.root, &record).map_err(NodeError::DataDir)?;
             }
-            Ok((info, mtime))
+            Ok((info, record, true))
         })
         .await
         .map_err(|e| StoreError::Io { path: path.clone(), source: io::Error::other(e) })??;
         let info = Arc::new(info);
-        self.shared.store.add_source(info.clone(), &path, mtime)?;
-        Ok(info)
+        self.shared.store.add_source(info.clone(), &path, record.mtime)?;
+        Ok(Seeded { info, hashed })
     }
 
     /// Serves every file the data directory records as seeded or completed and
@@ -274,7 +301,8 @@ impl Node {
                 }
                 Ok(r) => r,
             };
-            match std::fs::metadata(&rec.path).map(|m| m.len() == rec.size && m.modified().ok() == rec.mtime) {
+            let unchanged = |m: std::fs::Metadata| m.len() == rec.size && m.modified().ok() == rec.mtime;
+            match std::fs::metadata(&rec.path).map(unchanged) {
                 Ok(true) => {}
                 Ok(false) => {
                     let shown = rec.path.display();
@@ -302,11 +330,6 @@ impl Node {
         opts: FetchOptions,
         progress: watch::Sender<Progress>,
     ) -> Result<FetchOutcome, FetchError> {
-        if let Some(out) = &opts.output {
-            if out.exists() {
-                return Err(FetchError::OutputExists(out.clone()));
-            }
-        }
         let (tx, rx) = mpsc::unbounded_channel();
         if !self.shared.routes.add(root, tx.clone()) {
             return Err(FetchError::AlreadyFetching(root));

@@ -1,0 +1,389 @@
+//! The commands: seed, fetch, serve, hash and demo, over the library. Each
+//! returns its exit code; Ctrl-C (or SIGTERM) ends any of them at any moment
+//! with 130, after the summary of those that have one.
+
+use super::{addrs, ui, Command, NodeArgs, EXIT_INTERRUPTED};
+use anyhow::{anyhow, bail, Result};
+use pex::datadir::DataDir;
+use pex::text::{bytes, clean, io_message, shown_path};
+use pex::{Config, FetchError, FetchOptions, Hash, Node, Progress};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// How often a seeder's status line is refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs one command; `quiet` hides bars and status lines.
+pub async fn run(command: Command, quiet: bool) -> Result<i32> {
+    let token = CancellationToken::new();
+    cancel_on_signal(token.clone());
+    match command {
+        Command::Hash { file } => hash(&file, quiet, token).await,
+        Command::Seed { file, rehash, node } => seed(file, rehash, node, quiet, token).await,
+        Command::Fetch { hash, output, seed, connect_timeout, give_up_after, node } => {
+            let opts = FetchOptions {
+                output,
+                peers: node.peers.clone(),
+                connect_timeout: Duration::from_secs(connect_timeout),
+                give_up_after: Duration::from_secs(give_up_after),
+            };
+            fetch(hash, opts, seed, node, quiet, token).await
+        }
+        Command::Serve { node } => serve(node, quiet, token).await,
+        Command::Demo { size } => demo(size, quiet, token).await,
+    }
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        token.cancel();
+    });
+}
+
+async fn start_node(args: &NodeArgs, default_listen: &str, token: CancellationToken) -> Result<Node> {
+    let dir = args.data_dir.clone().unwrap_or_else(DataDir::default_path);
+    let data_dir = DataDir::open(&dir).map_err(|e| anyhow!("{}", io_message(&e)))?;
+    let default: SocketAddr = default_listen.parse()?;
+    let config = Config {
+        listen: Some(args.listen.unwrap_or(default)),
+        max_peers: args.max_peers.max(1),
+        pex: !args.no_pex,
+        max_upload_rate: args.max_upload_rate.filter(|r| *r > 0),
+        timeouts: args.timeouts(),
+    };
+    let node = Node::start(config, Some(data_dir), token).await?;
+    for p in &args.peers {
+        node.add_peer(*p);
+    }
+    Ok(node)
+}
+
+/// The regular file at `path`, or a one-line error naming it.
+fn regular_file(path: &Path) -> Result<std::fs::Metadata> {
+    let meta = std::fs::metadata(path).map_err(|e| anyhow!("{}: {}", shown_path(path), io_message(&e)))?;
+    if !meta.is_file() {
+        bail!("{}: not a regular file", shown_path(path));
+    }
+    Ok(meta)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Hashes `file` with a bar, unless Ctrl-C comes first (then `None`).
+async fn hash_with_bar(
+    node: &Node,
+    file: &Path,
+    rehash: bool,
+    quiet: bool,
+    token: &CancellationToken,
+) -> Result<Option<pex::node::Seeded>> {
+    let meta = regular_file(file)?;
+    let pb = ui::hashing_bar(ui::interactive(quiet), meta.len(), &file_name(file));
+    let pb2 = pb.clone();
+    let seeded = tokio::select! {
+        r = node.seed_file(file, rehash, move |n| pb2.inc(n)) => Some(r?),
+        _ = token.cancelled() => None,
+    };
+    pb.finish_and_clear();
+    Ok(seeded)
+}
+
+async fn hash(file: &Path, quiet: bool, token: CancellationToken) -> Result<i32> {
+    let config = Config { listen: None, pex: false, ..Config::default() };
+    let node = Node::start(config, None, CancellationToken::new()).await?;
+    match hash_with_bar(&node, file, true, quiet, &token).await? {
+        Some(seeded) => {
+            println!("{}", seeded.info.root);
+            Ok(0)
+        }
+        None => Ok(EXIT_INTERRUPTED),
+    }
+}
+
+fn summary(node: &Node, root: Option<Hash>, file_bytes: u64, started: Instant) -> serde_json::Value {
+    let stats = node.stats();
+    json!({
+        "root": root.map(|r| r.to_hex()),
+        "file_bytes": file_bytes,
+        "seconds": started.elapsed().as_secs_f64(),
+        "uploaded_bytes": stats.uploaded_bytes,
+        "downloaded_bytes": stats.downloaded_bytes,
+        "pieces_rejected": stats.pieces_rejected,
+        "peers": stats.peers,
+        "node_id": node.id().to_hex(),
+        "listen": node.local_addr().map(|a| a.to_string()),
+    })
+}
+
+/// Where the node listens, for messages.
+fn listening(node: &Node) -> String {
+    node.local_addr().map_or("?".into(), |a| a.to_string())
+}
+
+/// Shows a seeder's status line until `token` is cancelled.
+async fn serve_until_cancelled(node: &Node, what: &str, quiet: bool, token: &CancellationToken) {
+    let mut status = ui::StatusLine::new(ui::interactive(quiet));
+    loop {
+        status.update(what, node.connected_peers(), node.stats().uploaded_bytes);
+        tokio::select! {
+            _ = token.cancelled() => break,
+            _ = tokio::time::sleep(STATUS_EVERY) => {}
+        }
+    }
+    status.clear();
+}
+
+async fn seed(file: PathBuf, rehash: bool, args: NodeArgs, quiet: bool, token: CancellationToken) -> Result<i32> {
+    let started = Instant::now();
+    let node = start_node(&args, "[::]:9000", token.clone()).await?;
+    let Some(seeded) = hash_with_bar(&node, &file, rehash, quiet, &token).await? else {
+        return Ok(EXIT_INTERRUPTED);
+    };
+    let info = &seeded.info;
+    let mut out = vec![info.root.to_string()];
+    if let Some(listen) = node.local_addr() {
+        out.extend(addrs::reachable(listen).iter().map(|a| format!("pex fetch {} --peer {a}", info.root)));
+    }
+    if args.json {
+        eprintln!("{}", out.join("\n"));
+    } else {
+        println!("{}", out.join("\n"));
+    }
+    let name = clean(&info.manifest.name, 60);
+    if !quiet {
+        let known = if seeded.hashed { "" } else { " (known file, not re-hashed)" };
+        let size = bytes(info.manifest.size);
+        eprintln!("serving {name} ({size}){known} on {}; Ctrl-C to stop", listening(&node));
+    }
+    serve_until_cancelled(&node, &format!("serving {name}"), quiet, &token).await;
+    node.shutdown().await;
+    if args.json {
+        println!("{}", summary(&node, Some(info.root), info.manifest.size, started));
+    }
+    Ok(EXIT_INTERRUPTED)
+}
+
+async fn serve(args: NodeArgs, quiet: bool, token: CancellationToken) -> Result<i32> {
+    let started = Instant::now();
+    let node = start_node(&args, "[::]:9000", token.clone()).await?;
+    let (served, problems) = node.serve_data_dir();
+    for p in &problems {
+        eprintln!("warning: {p}");
+    }
+    if !quiet {
+        for info in &served {
+            eprintln!("serving {} {} ({})", info.root, clean(&info.manifest.name, 60), bytes(info.manifest.size));
+        }
+        let files = ui::count(served.len(), "file", "files");
+        eprintln!("serving {files} on {}; Ctrl-C to stop", listening(&node));
+    }
+    let files = ui::count(served.len(), "file", "files");
+    serve_until_cancelled(&node, &format!("serving {files}"), quiet, &token).await;
+    node.shutdown().await;
+    if args.json {
+        let total = served.iter().map(|i| i.manifest.size).sum();
+        let mut s = summary(&node, served.first().map(|i| i.root), total, started);
+        s["roots"] = json!(served.iter().map(|i| i.root.to_hex()).collect::<Vec<_>>());
+        println!("{s}");
+    }
+    Ok(EXIT_INTERRUPTED)
+}
+
+/// Refuses an output path whose directory does not exist, before any network work.
+fn check_output(output: &Option<PathBuf>) -> Result<()> {
+    let Some(out) = output else { return Ok(()) };
+    if out.is_dir() {
+        return Ok(());
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        bail!("cannot write {}: directory {} does not exist", shown_path(out), shown_path(parent));
+    }
+    Ok(())
+}
+
+/// What to add to an error when a partial download is kept.
+fn resume_hint(progress: &Progress) -> String {
+    match &progress.part {
+        Some(part) if part.exists() && progress.have_bytes > 0 => format!(
+            "; the partial download ({} of {}) is kept in {}: run the same command to resume",
+            bytes(progress.have_bytes),
+            bytes(progress.total_bytes),
+            shown_path(part)
+        ),
+        _ => String::new(),
+    }
+}
+
+async fn fetch(
+    root: Hash,
+    opts: FetchOptions,
+    keep_seeding: bool,
+    args: NodeArgs,
+    quiet: bool,
+    token: CancellationToken,
+) -> Result<i32> {
+    let started = Instant::now();
+    if args.peers.is_empty() {
+        bail!("no peer given: use --peer ADDR (for example --peer [::1]:9000)");
+    }
+    check_output(&opts.output)?;
+    let node = start_node(&args, "[::]:0", token.clone()).await?;
+    let (tx, rx) = watch::channel(Progress::default());
+    let known = rx.clone();
+    let show = ui::interactive(quiet);
+    let bars = tokio::spawn(ui::fetch_progress(rx, show));
+    let result = node.fetch(root, opts, tx).await;
+    let _ = bars.await;
+    let code = match &result {
+        Ok(outcome) => {
+            if !args.json {
+                println!("{}", outcome.path.display());
+            }
+            if show {
+                eprintln!("{}", done_line(&node, outcome, started));
+            }
+            if keep_seeding {
+                if !quiet {
+                    let path = shown_path(&outcome.path);
+                    eprintln!("seeding {path} on {}; Ctrl-C to stop", listening(&node));
+                }
+                let name = clean(&outcome.info.manifest.name, 60);
+                serve_until_cancelled(&node, &format!("seeding {name}"), quiet, &token).await;
+                EXIT_INTERRUPTED
+            } else {
+                0
+            }
+        }
+        Err(FetchError::Interrupted) => {
+            eprintln!("error: interrupted{}", resume_hint(&known.borrow()));
+            EXIT_INTERRUPTED
+        }
+        Err(e) => {
+            eprintln!("error: {e}{}", resume_hint(&known.borrow()));
+            1
+        }
+    };
+    node.shutdown().await;
+    if args.json {
+        // The size is known once the manifest arrived, even if the fetch then failed.
+        let file_bytes = result.as_ref().map(|o| o.file_bytes).unwrap_or_else(|_| known.borrow().total_bytes);
+        let mut s = summary(&node, Some(root), file_bytes, started);
+        if let Ok(o) = &result {
+            s["path"] = json!(o.path);
+            s["resumed_bytes"] = json!(o.resumed_bytes);
+        }
+        s["ok"] = json!(result.is_ok());
+        println!("{s}");
+    }
+    Ok(code)
+}
+
+/// The one line a finished fetch prints on a terminal.
+fn done_line(node: &Node, o: &pex::FetchOutcome, started: Instant) -> String {
+    let name = clean(&o.info.manifest.name, 60);
+    let size = bytes(o.file_bytes);
+    if o.already_complete {
+        return format!("{name} is already complete ({size}, every piece verified)");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let fetched = o.file_bytes - o.resumed_bytes;
+    let used = node.stats().peers.iter().filter(|p| p.downloaded_bytes > 0).count();
+    let resumed =
+        if o.resumed_bytes > 0 { format!(", {} already on disk", bytes(o.resumed_bytes)) } else { String::new() };
+    format!(
+        "fetched {name}: {size} in {secs:.1} s ({}) from {}{resumed}, every piece verified",
+        ui::rate(fetched as f64 / secs.max(1e-3)),
+        ui::count(used, "peer", "peers"),
+    )
+}
+
+async fn demo(size: u64, quiet: bool, token: CancellationToken) -> Result<i32> {
+    let dir = std::env::temp_dir().join(format!("pex-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow!("{}: {}", shown_path(&dir), io_message(&e)))?;
+    let result = demo_in(&dir, size, quiet, token).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn demo_in(dir: &Path, size: u64, quiet: bool, token: CancellationToken) -> Result<i32> {
+    let src = dir.join("demo.bin");
+    eprintln!("generating {} of random data in {}", bytes(size), shown_path(&src));
+    write_random(&src, size)?;
+    let config = |listen: &str| -> Result<Config> { Ok(Config { listen: Some(listen.parse()?), ..Config::default() }) };
+    let seeder = Node::start(config("[::1]:0")?, Some(DataDir::open(dir.join("seeder"))?), token.clone()).await?;
+    let Some(seeded) = hash_with_bar(&seeder, &src, true, quiet, &token).await? else {
+        return Ok(EXIT_INTERRUPTED);
+    };
+    let info = seeded.info;
+    let seeder_addr = seeder.local_addr().ok_or_else(|| anyhow!("seeder is not listening"))?;
+    eprintln!("seeder on {seeder_addr} serves root {}", info.root);
+    let fetcher = Node::start(config("[::1]:0")?, Some(DataDir::open(dir.join("fetcher"))?), token.clone()).await?;
+    let out = dir.join("demo.copy");
+    let opts = FetchOptions { output: Some(out.clone()), peers: vec![seeder_addr], ..FetchOptions::default() };
+    let (tx, rx) = watch::channel(Progress::default());
+    let bars = tokio::spawn(ui::fetch_progress(rx, ui::interactive(quiet)));
+    let started = Instant::now();
+    let outcome = fetcher.fetch(info.root, opts, tx).await;
+    let _ = bars.await;
+    let secs = started.elapsed().as_secs_f64();
+    let outcome = match outcome {
+        Err(FetchError::Interrupted) => return Ok(EXIT_INTERRUPTED),
+        r => r?,
+    };
+    // Check the copy independently of the fetch: hash it again, with its own bar.
+    let checker = Node::start(Config { listen: None, pex: false, ..Config::default() }, None, token.clone()).await?;
+    let pb = ui::hashing_bar(ui::interactive(quiet), size, "copy");
+    pb.set_prefix("verifying copy");
+    let pb2 = pb.clone();
+    let copy = checker.seed_file(&outcome.path, true, move |n| pb2.inc(n)).await?;
+    pb.finish_and_clear();
+    token.cancel();
+    seeder.shutdown().await;
+    fetcher.shutdown().await;
+    let same = copy.info.pieces == info.pieces && copy.info.manifest.size == info.manifest.size;
+    println!(
+        "fetched {} in {secs:.2} s ({}) through [::1]; the copy {} the original",
+        bytes(size),
+        ui::rate(size as f64 / secs.max(1e-3)),
+        if same { "is byte-identical to" } else { "DIFFERS from" }
+    );
+    Ok(if same { 0 } else { 1 })
+}
+
+fn write_random(path: &Path, size: u64) -> Result<()> {
+    use std::io::Write;
+    let err = |e: std::io::Error| anyhow!("{}: {}", shown_path(path), io_message(&e));
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(err)?);
+    let mut rng = fastrand::Rng::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        rng.fill(&mut buf[..n]);
+        f.write_all(&buf[..n]).map_err(err)?;
+        left -= n as u64;
+    }
+    f.flush().map_err(err)?;
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! The `pex` command line: arguments, exit codes and signals. The commands
+//! themselves are in `commands`, what the screen shows in `ui`.
+//!
+//! Exit codes: 0 success, 1 failure, 2 a usage error (bad arguments, a bad
+//! hash, `--peer` or `--listen`), 130 interrupted by Ctrl-C or SIGTERM.
+
+mod addrs;
+mod commands;
+mod ui;
+
+use clap::{Args, Parser, Subcommand};
+use pex::Hash;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Exit code of an interrupted command.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+#[derive(Parser)]
+#[command(
+    name = "pex",
+    version,
+    about = "Content-addressed piece exchange: seed a file, fetch it by hash from a swarm",
+    after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 130 interrupted (Ctrl-C)."
+)]
+struct Cli {
+    /// More log output on stderr (-v: peers joining, leaving, banned; -vv: debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// No progress bars or status lines: only results and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Hash a file, print its root hash and fetch commands, and serve it until Ctrl-C.
+    Seed {
+        /// The file to share.
+        file: PathBuf,
+        /// Hash the file even if this data directory knows it unchanged.
+        #[arg(long)]
+        rehash: bool,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Download a file by root hash from the swarm, verifying every piece.
+    Fetch {
+        /// Root hash: 64 hex digits.
+        #[arg(value_parser = parse_root)]
+        hash: Hash,
+        /// Output file, or an existing directory to save into (default: the
+        /// file's name in the current directory). Never overwritten.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Keep serving the file after the download completes, until Ctrl-C.
+        #[arg(long)]
+        seed: bool,
+        /// Seconds to keep retrying the given peers before giving up.
+        #[arg(long, default_value_t = 30, value_name = "SECS")]
+        connect_timeout: u64,
+        /// Seconds without a reachable peer, or without progress, before giving up.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        give_up_after: u64,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Print a file's root hash and nothing else.
+    Hash {
+        /// The file to hash.
+        file: PathBuf,
+    },
+    /// Serve everything this data directory has seeded or fetched, and help peers find each other.
+    Serve {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Show pex working: seed a generated file and fetch it through a second node on [::1].
+    Demo {
+        /// Size of the generated file, e.g. 64MiB.
+        #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+        size: u64,
+    },
+}
+
+#[derive(Args, Clone)]
+struct NodeArgs {
+    /// Address to accept connections on [default: [::]:9000 for seed and serve,
+    /// [::]:0 (any free port) for fetch].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// A node to connect to (repeatable), e.g. [::1]:9000 or host:9000.
+    #[arg(long = "peer", value_name = "ADDR", value_parser = parse_peer)]
+    peers: Vec<SocketAddr>,
+    /// Where manifests and records of served files are kept
+    /// [default: $XDG_DATA_HOME/pex, else ~/.local/share/pex].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Upload limit in bytes per second, e.g. 16MiB or 256KiB; 0 means unlimited.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    max_upload_rate: Option<u64>,
+    /// Most simultaneous connections.
+    #[arg(long, value_name = "N", default_value_t = pex::node::DEFAULT_MAX_PEERS)]
+    max_peers: usize,
+    /// Only talk to the peers given with --peer: learn and share no others.
+    #[arg(long)]
+    no_pex: bool,
+    /// Print one JSON summary on stdout when the command ends.
+    #[arg(long)]
+    json: bool,
+    /// Seconds a new connection has to send HELLO.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, help_heading = "Timing", value_parser = parse_secs)]
+    hello_timeout: f64,
+    /// Seconds of silence before a keep-alive is sent.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, help_heading = "Timing", value_parser = parse_secs)]
+    keepalive: f64,
+    /// Seconds of silence after which a peer is dropped.
+    #[arg(long, value_name = "SECS", default_value_t = 120.0, help_heading = "Timing", value_parser = parse_secs)]
+    idle_timeout: f64,
+    /// Seconds an ASK may go unanswered before it moves to another peer.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, help_heading = "Timing", value_parser = parse_secs)]
+    ask_timeout: f64,
+    /// Seconds between PEERS updates.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, help_heading = "Timing", value_parser = parse_secs)]
+    peers_interval: f64,
+}
+
+impl NodeArgs {
+    fn timeouts(&self) -> pex::Timeouts {
+        let d = Duration::from_secs_f64;
+        pex::Timeouts {
+            hello: d(self.hello_timeout),
+            keepalive: d(self.keepalive),
+            idle: d(self.idle_timeout),
+            ask: d(self.ask_timeout),
+            peers_interval: d(self.peers_interval),
+            ..pex::Timeouts::default()
+        }
+    }
+}
+
+fn parse_root(s: &str) -> Result<Hash, String> {
+    s.parse().map_err(|e| format!("invalid hash: {e}"))
+}
+
+fn parse_peer(s: &str) -> Result<SocketAddr, String> {
+    let addr = match s.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => s
+            .to_socket_addrs()
+            .map_err(|_| "expected HOST:PORT such as [::1]:9000".to_owned())?
+            .next()
+            .ok_or_else(|| "resolves to no address".to_owned())?,
+    };
+    match pex::peers::undialable(&addr) {
+        Some(why) => Err(format!("{why} can never be a peer")),
+        None => Ok(addr),
+    }
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    pex::ratelimit::parse_rate(s)
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    pex::ratelimit::parse_rate(s).map_err(|e| e.replace("rate", "size"))
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && Duration::try_from_secs_f64(v).is_ok() => Ok(v),
+        _ => Err("expected a positive number of seconds".into()),
+    }
+}
+
+/// Parses the command line, runs the command, and returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
+            let _ = e.print();
+            return 0;
+        }
+        Err(e) => {
+            // One clear line, not clap's usage block (`--help` has that).
+            let text = e.render().to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: invalid arguments"));
+            return 2;
+        }
+    };
+    init_logs(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start: {}", pex::text::io_message(&e));
+            return 1;
+        }
+    };
+    // The runtime is never dropped: `main` exits the process, so blocking work
+    // still running (hashing a large file when Ctrl-C came) does not delay the exit.
+    let code = runtime.block_on(commands::run(cli.command, cli.quiet));
+    std::mem::forget(runtime);
+    match code {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn init_logs(verbose: u8) {
+    let filter = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let env = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    // Colour only for a person at a terminal who has not asked for none (no-color.org).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_env_filter(env)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(colour)
+        .init();
+}
