@@ -2,6 +2,8 @@
 
 mod common;
 mod independent;
+mod terminal;
+mod truths;
 
 use common::{data, PATIENCE};
 use pex::wire::{Frame, Hello};
@@ -97,6 +99,7 @@ struct Seeder {
     root: String,
     peer: String,
     lines: mpsc::Receiver<String>,
+    errs: mpsc::Receiver<String>,
 }
 
 impl Seeder {
@@ -130,7 +133,20 @@ impl Seeder {
         // "pex fetch <root> --peer [::1]:PORT"
         let peer = hint.rsplit(' ').next().unwrap().to_owned();
         assert_eq!(hint, format!("pex fetch {root} --peer {peer}"));
-        Seeder { child, root, peer, lines }
+        Seeder { child, root, peer, lines, errs: elines }
+    }
+
+    /// Its stderr up to and including the first line that satisfies `last`.
+    fn stderr_until(&self, last: impl Fn(&str) -> bool) -> String {
+        let mut seen = String::new();
+        loop {
+            let line = self.errs.recv_timeout(PATIENCE).unwrap_or_else(|_| panic!("stderr so far: {seen}"));
+            seen.push_str(&line);
+            seen.push('\n');
+            if last(&line) {
+                return seen;
+            }
+        }
     }
 
     /// Ctrl-C: the seeder must exit 130 (interrupted); returns the rest of its stdout.
