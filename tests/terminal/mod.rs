@@ -203,3 +203,21 @@ fn a_resumed_fetch_never_shows_a_rate_above_what_arrives() {
     assert!(last.contains("fetched f.bin") && last.contains("already on disk") && last.contains("verified"), "{last}");
     seeder.interrupt();
 }
+
+#[test]
+fn a_seeder_that_vanishes_shows_the_countdown_and_ctrl_c_says_how_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut seeder, _, _) = Seeder::with_file(dir.path(), 16 << 20, 62, &["--max-upload-rate", "1MiB"]);
+    let (out, fdd) = (dir.path().join("out.bin"), dir.path().join("f"));
+    let args = fetch_args(&seeder.root, &seeder.peer, &out, &fdd);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut term = Terminal::spawn(&argv, 100, dir.path());
+    term.wait_for("a piece held", |s| s.contains("MiB/16.0 MiB") && !s.contains(" 0 B/16.0 MiB"));
+    seeder.child.kill();
+    let (screen, _) = term.wait_for("the give-up countdown", |s| s.contains("no peers connected — giving up in"));
+    assert!(!screen.contains("ETA"), "an ETA with no peer:\n{screen}");
+    term.ctrl_c();
+    assert_eq!(term.wait().code(), Some(130));
+    let last = term.contents();
+    assert!(last.contains("interrupted") && last.contains("run the same command to resume"), "{last}");
+}
