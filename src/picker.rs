@@ -554,4 +554,176 @@ mod tests {
         assert!(b.is_some());
         assert_eq!(calls.get(), SCAN_LIMIT);
     }
+
+    /// One step of a download, with raw indices reduced modulo what exists.
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// A peer connects, with its bitfield or (None) before it.
+        Join(Option<Vec<bool>>),
+        /// A peer leaves; its ASKs end.
+        Leave(usize),
+        /// A peer announces a blob.
+        Have(usize, usize),
+        /// A peer is picked for, and the ASK goes out.
+        Ask(usize),
+        /// One of a peer's ASKs ends without the blob.
+        Fail(usize, usize),
+        /// A blob arrives and verifies.
+        Complete(usize),
+    }
+
+    const MAX_N: usize = 10;
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let bits = proptest::collection::vec(any::<bool>(), MAX_N);
+        prop_oneof![
+            2 => proptest::option::weighted(0.8, bits).prop_map(Op::Join),
+            1 => any::<usize>().prop_map(Op::Leave),
+            2 => (any::<usize>(), any::<usize>()).prop_map(|(p, b)| Op::Have(p, b)),
+            6 => any::<usize>().prop_map(Op::Ask),
+            2 => (any::<usize>(), any::<usize>()).prop_map(|(p, k)| Op::Fail(p, k)),
+            2 => any::<usize>().prop_map(Op::Complete),
+        ]
+    }
+
+    /// What the picker should know, kept the simple way.
+    struct Model {
+        held: Vec<bool>,
+        inflight: Vec<u8>,
+        peers: Vec<(Option<Vec<bool>>, Vec<usize>)>,
+    }
+
+    impl Model {
+        fn avail(&self, b: usize) -> u16 {
+            self.peers.iter().filter(|(has, _)| has.as_ref().is_some_and(|h| h[b])).count() as u16
+        }
+
+        fn unrequested(&self) -> usize {
+            (0..self.held.len()).filter(|&b| !self.held[b] && self.inflight[b] == 0).count()
+        }
+
+        /// Checks every invariant of the picker against the model.
+        fn check(&self, p: &Picker) {
+            let n = self.held.len();
+            assert_eq!(p.len(), n);
+            for b in 0..n {
+                // Held or wanted, never both: the held bit is the model's.
+                assert_eq!(p.is_held(b), self.held[b], "held {b}");
+                assert_eq!(p.inflight(b), self.inflight[b], "inflight {b}");
+                assert_eq!(p.avail[b], self.avail(b), "avail {b}");
+                // Outstanding ASKs of wanted blobs are the peers' ASKs.
+                if !self.held[b] {
+                    let asks = self.peers.iter().filter(|(_, asked)| asked.contains(&b)).count();
+                    assert_eq!(self.inflight[b] as usize, asks, "model inflight {b}");
+                }
+            }
+            assert_eq!(p.remaining(), self.held.iter().filter(|&&h| !h).count());
+            assert_eq!(p.unrequested, self.unrequested());
+            assert_eq!(p.has_unrequested(), self.unrequested() > 0);
+        }
+
+        /// Checks a pick for peer `i` against the rules.
+        fn check_pick(&self, i: usize, got: Option<usize>) {
+            let (has, asked) = &self.peers[i];
+            let endgame = self.unrequested() == 0;
+            let candidates: Vec<usize> = (0..self.held.len())
+                .filter(|&b| !self.held[b] && has.as_ref().is_none_or(|h| h[b]) && !asked.contains(&b))
+                .filter(|&b| if endgame { self.inflight[b] < MAX_DUPLICATES } else { self.inflight[b] == 0 })
+                .collect();
+            let Some(b) = got else {
+                assert!(candidates.is_empty(), "nothing picked of {candidates:?}");
+                return;
+            };
+            assert!(candidates.contains(&b), "picked {b}, not one of {candidates:?}");
+            let held = self.held.iter().filter(|&&h| h).count();
+            if held >= RANDOM_FIRST {
+                let key = |b: usize| (self.avail(b), self.inflight[b]);
+                let least = candidates.iter().map(|&c| key(c)).min().unwrap();
+                assert_eq!(key(b), least, "picked {b}, not the rarest of {candidates:?}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        #[test]
+        fn random_downloads_keep_the_invariants(
+            n in 1..=MAX_N,
+            held in proptest::collection::vec(proptest::prelude::any::<bool>(), MAX_N),
+            ops in proptest::collection::vec(op(), 0..80),
+            seed: u64,
+        ) {
+            let held = held[..n].to_vec();
+            let mut p = Picker::new(held.iter().collect());
+            let mut m = Model { held, inflight: vec![0; n], peers: Vec::new() };
+            let mut r = fastrand::Rng::with_seed(seed);
+            m.check(&p);
+            for op in ops {
+                let peers = m.peers.len();
+                match op {
+                    Op::Join(has) => {
+                        let has = has.map(|h| h[..n].to_vec());
+                        if let Some(h) = &has {
+                            p.add_peer(&h.iter().collect::<BitVec>());
+                        }
+                        m.peers.push((has, Vec::new()));
+                    }
+                    Op::Leave(i) if peers > 0 => {
+                        let (has, asked) = m.peers.remove(i % peers);
+                        if let Some(h) = has {
+                            p.remove_peer(&h.iter().collect::<BitVec>());
+                        }
+                        for b in asked {
+                            p.unrequested(b);
+                            if m.inflight[b] > 0 {
+                                m.inflight[b] -= 1;
+                            }
+                        }
+                    }
+                    Op::Have(i, b) if peers > 0 => {
+                        let b = b % n;
+                        let has = m.peers[i % peers].0.get_or_insert_with(|| vec![false; n]);
+                        if !has[b] {
+                            has[b] = true;
+                            p.peer_got(b);
+                        }
+                    }
+                    Op::Ask(i) if peers > 0 => {
+                        let i = i % peers;
+                        let (has, asked) = &m.peers[i];
+                        let bits = has.as_ref().map(|h| h.iter().collect::<BitVec>());
+                        let got = p.pick(bits.as_deref(), |b| asked.contains(&b), &mut r);
+                        m.check_pick(i, got);
+                        if let Some(b) = got {
+                            p.requested(b);
+                            m.peers[i].1.push(b);
+                            m.inflight[b] += 1;
+                        }
+                    }
+                    Op::Fail(i, k) if peers > 0 => {
+                        let asked = &mut m.peers[i % peers].1;
+                        if !asked.is_empty() {
+                            let b = asked.remove(k % asked.len());
+                            p.unrequested(b);
+                            if m.inflight[b] > 0 {
+                                m.inflight[b] -= 1;
+                            }
+                        }
+                    }
+                    Op::Complete(b) => {
+                        // ASKs still out for it stay with their peers (their CANCELs may
+                        // cross the GIVE); the blob is no longer requested.
+                        let b = b % n;
+                        proptest::prop_assert_eq!(p.completed(b), !m.held[b]);
+                        m.held[b] = true;
+                        m.inflight[b] = 0;
+                    }
+                    _ => {}
+                }
+                m.check(&p);
+            }
+        }
+    }
 }
