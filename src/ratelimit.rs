@@ -55,28 +55,56 @@ impl RateLimiter {
 
 /// Parses a rate in bytes per second: a number with an optional unit
 /// (`B`, `K`/`KB` = 1000, `KiB` = 1024, and likewise M, G), optional `/s`.
+/// Decimals are exact (`4.1MB` is 4100000); a fraction of a byte is dropped.
 pub fn parse_rate(text: &str) -> Result<u64, String> {
+    const LIMIT: u128 = 1_000_000_000_000_000;
     let t = text.trim();
     let t = t.strip_suffix("/s").unwrap_or(t).trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 =
-        num.parse().map_err(|_| format!("invalid rate {text:?}: expected a number such as 16MiB or 500KB"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "kib" => 1024.0,
-        "m" | "mb" => 1e6,
-        "mib" => 1024.0 * 1024.0,
-        "g" | "gb" => 1e9,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
+    let bad_number = || format!("invalid rate {text:?}: expected a number such as 16MiB or 500KB");
+    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+    if whole.is_empty() && frac.is_empty() || frac.contains('.') {
+        return Err(bad_number());
+    }
+    let mult: u128 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
         u => return Err(format!("invalid rate unit {u:?} in {text:?}: use B, KB, KiB, MB, MiB, GB or GiB")),
     };
-    let bytes = value * mult;
-    if !(1.0..1e15).contains(&bytes) {
+    let too_large = || format!("invalid rate {text:?}: must be below 10^15 bytes per second");
+    let whole = whole.trim_start_matches('0');
+    if whole.len() > 16 {
+        return Err(too_large());
+    }
+    let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad_number())? };
+    // Decimals past the 30th cannot change the whole bytes: in every unit a
+    // whole number of bytes has at most 30 decimals (1 B = 2^-30 GiB has 30).
+    let frac = &frac[..frac.len().min(30)];
+    let scale = 10u128.pow(frac.len() as u32);
+    let frac: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| bad_number())? };
+    // frac * mult / scale, reduced first so that it cannot overflow.
+    let g = gcd(mult, scale);
+    let bytes = whole * mult + frac * (mult / g) / (scale / g);
+    if bytes == 0 {
         return Err(format!("invalid rate {text:?}: must be at least 1 byte per second"));
     }
+    if bytes >= LIMIT {
+        return Err(too_large());
+    }
     Ok(bytes as u64)
+}
+
+fn gcd(mut a: u128, mut b: u128) -> u128 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 #[cfg(test)]
@@ -148,6 +176,32 @@ mod tests {
     }
 
     #[test]
+    fn decimal_rates_are_exact() {
+        // Binary floating point would make 4.1 * 10^6 = 4099999.9999999995.
+        for (text, want) in [
+            ("4.1MB", 4_100_000),
+            ("4.1GB", 4_100_000_000),
+            ("8.2M", 8_200_000),
+            ("2.01KB", 2010),
+            ("16.9GB", 16_900_000_000),
+            ("0.1KiB", 102),
+            ("0.000000000931322574615478515625GiB", 1),
+            ("1.0000000000000000000000000000000000001KB", 1000),
+        ] {
+            assert_eq!(parse_rate(text), Ok(want), "{text:?}");
+        }
+        // Rates with three decimals from 1 to 100 of each unit.
+        for (unit, mult) in
+            [("KB", 1_000u64), ("MB", 1_000_000), ("GB", 1_000_000_000), ("KiB", 1024), ("MiB", 1 << 20)]
+        {
+            for thousandths in (1_000..100_000).step_by(7) {
+                let text = format!("{}.{:03}{unit}", thousandths / 1000, thousandths % 1000);
+                assert_eq!(parse_rate(&text), Ok(thousandths * mult / 1000), "{text:?}");
+            }
+        }
+    }
+
+    #[test]
     fn rates_below_one_byte_per_second_are_refused() {
         for text in ["0", "0B", "0KiB", "0.0", "0.5", "0.0009KB", "000"] {
             let e = parse_rate(text).unwrap_err();
@@ -197,7 +251,8 @@ mod tests {
             "99999999999999999999999999GiB",
             &"9".repeat(400),
         ] {
-            assert!(parse_rate(text).is_err(), "{text:?} parsed as {:?}", parse_rate(text));
+            let e = parse_rate(text).unwrap_err();
+            assert!(e.contains("below 10^15"), "{text:?}: {e}");
         }
     }
 
