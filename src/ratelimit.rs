@@ -64,7 +64,7 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
     let (num, unit) = t.split_at(split);
     let bad_number = || format!("invalid rate {text:?}: expected a number such as 16MiB or 500KB");
     let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
-    if whole.is_empty() && frac.is_empty() || frac.contains('.') {
+    if whole.is_empty() && frac.is_empty() {
         return Err(bad_number());
     }
     let mult: u128 = match unit.trim().to_ascii_lowercase().as_str() {
