@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/mutants}
 mkdir -p "$out"
-files=(src/wire.rs src/manifest.rs src/bitfield.rs src/picker.rs src/peers.rs src/ratelimit.rs src/datadir.rs
+files=(src/wire.rs src/manifest.rs src/bitfield.rs src/picker/mod.rs src/peers.rs src/ratelimit.rs src/datadir.rs
   src/fetch/schedule.rs src/fetch/blobs.rs)
 args=()
 for f in "${files[@]}"; do args+=(--file "$f"); done
