@@ -122,17 +122,19 @@ pub async fn fetch_progress(mut rx: watch::Receiver<Progress>, show: bool) {
                 pb.set_prefix("checking");
                 pb.set_length(p.checking_bytes.max(1));
                 pb.set_position(p.checked_bytes);
-                pb.set_message(format!("{} already on disk", bytes(p.checking_bytes)));
+                let on_disk = bytes(p.checking_bytes);
+                pb.set_message(fit("checking", vec![format!("{on_disk} already on disk"), on_disk]));
             }
             Stage::Pieces | Stage::NoPeers { .. } => {
                 if !bar_mode {
                     pb.set_style(bar_style());
                     bar_mode = true;
                 }
-                pb.set_prefix(name(&p));
+                let prefix = name(&p);
                 pb.set_length(p.total_bytes.max(1));
                 pb.set_position(p.have_bytes);
-                pb.set_message(pieces_message(&p, meter.rate(now)));
+                pb.set_message(fit(&prefix, pieces_message(&p, meter.rate(now))));
+                pb.set_prefix(prefix);
             }
         }
         tokio::select! {
@@ -143,8 +145,34 @@ pub async fn fetch_progress(mut rx: watch::Receiver<Progress>, show: bool) {
     pb.finish_and_clear();
 }
 
+/// The terminal's width in columns (80 if unknown).
+fn columns() -> usize {
+    // SAFETY: TIOCGWINSZ fills the zeroed winsize struct; failure leaves it zero.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    if ok && ws.ws_col > 0 {
+        ws.ws_col as usize
+    } else {
+        80
+    }
+}
+
+/// The longest of `options` (best first) that leaves room on one line for the
+/// prefix, the percentage and a bar of at least 10 columns.
+fn fit(prefix: &str, options: Vec<String>) -> String {
+    let room = columns().saturating_sub(prefix.chars().count() + " [] 100% ".len() + 10 + 1);
+    let mut last = String::new();
+    for o in options {
+        if o.chars().count() <= room {
+            return o;
+        }
+        last = o;
+    }
+    last.chars().take(room).collect()
+}
+
 fn name(p: &Progress) -> String {
-    clean(p.name.as_deref().unwrap_or("file"), 24)
+    clean(p.name.as_deref().unwrap_or("file"), (columns() / 5).clamp(8, 24))
 }
 
 fn connecting(p: &Progress) -> String {
@@ -157,19 +185,31 @@ fn connecting(p: &Progress) -> String {
     }
 }
 
-fn pieces_message(p: &Progress, rate: Option<f64>) -> String {
+/// What follows the bar while pieces arrive, longest first (see [`fit`]).
+fn pieces_message(p: &Progress, rate: Option<f64>) -> Vec<String> {
     let sizes = format!("{}/{}", bytes(p.have_bytes), bytes(p.total_bytes));
     if let Stage::NoPeers { give_up_in } = p.stage {
-        return format!("{sizes}  no peers connected — giving up in {}", duration(give_up_in));
+        let left = duration(give_up_in);
+        return vec![
+            format!("{sizes}  no peers connected — giving up in {left}"),
+            format!("no peers — giving up in {left}"),
+            format!("no peers, {left}"),
+        ];
     }
     let peers = count(p.peers, "peer", "peers");
     match rate {
         Some(r) if r > 0.0 => {
             let left = p.total_bytes.saturating_sub(p.have_bytes) as f64 / r;
             let eta = duration(Duration::from_secs_f64(left.min(1e7)).max(Duration::from_secs(1)));
-            format!("{sizes}  {}  ETA {eta}  {peers}", self::rate(r))
+            let r = self::rate(r);
+            vec![
+                format!("{sizes}  {r}  ETA {eta}  {peers}"),
+                format!("{sizes}  {r}  ETA {eta}"),
+                format!("{r}  ETA {eta}"),
+                r,
+            ]
         }
-        _ => format!("{sizes}  waiting for data  {peers}"),
+        _ => vec![format!("{sizes}  waiting for data  {peers}"), format!("{sizes}  waiting"), "waiting".into()],
     }
 }
 

@@ -16,10 +16,14 @@ use std::time::{Duration, Instant};
 /// A program running in a pseudo-terminal of `cols` × 24, and the screen it drew.
 struct Terminal {
     proc: Proc,
+    /// Whether a progress or status line ever wrapped onto the next row (wider than the terminal).
+    wrapped: Arc<std::sync::atomic::AtomicBool>,
     master: File,
     screen: Arc<Mutex<vt100::Parser>>,
     /// Every screen seen (sampled by the reader after each chunk of output).
     history: Arc<Mutex<Vec<String>>>,
+    /// Reads the terminal until the program (and every holder of the pty) is gone.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Terminal {
@@ -57,8 +61,9 @@ impl Terminal {
             0,
         )));
         let history = Arc::new(Mutex::new(Vec::new()));
-        let (mut reader, s2, h2) = (master.try_clone().unwrap(), screen.clone(), history.clone());
-        std::thread::spawn(move || {
+        let wrapped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (mut reader, s2, h2, w2) = (master.try_clone().unwrap(), screen.clone(), history.clone(), wrapped.clone());
+        let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
             while let Ok(n) = reader.read(&mut buf) {
                 if n == 0 {
@@ -66,10 +71,18 @@ impl Terminal {
                 }
                 let mut parser = s2.lock().unwrap();
                 parser.process(&buf[..n]);
+                let screen = parser.screen();
+                let bar_wrapped = (0..24).any(|r| {
+                    let row = screen.contents_between(r, 0, r, screen.size().1.get());
+                    screen.row_wrapped(r) && (row.contains('%') || row.contains('…'))
+                });
+                if bar_wrapped {
+                    w2.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 h2.lock().unwrap().push(parser.screen().contents());
             }
         });
-        Terminal { proc, master, screen, history }
+        Terminal { proc, wrapped, master, screen, history, reader: Some(reader) }
     }
 
     fn contents(&self) -> String {
@@ -94,8 +107,13 @@ impl Terminal {
         self.master.write_all(&[3]).unwrap();
     }
 
+    /// Waits for the program to exit and for everything it wrote to reach the screen.
     fn wait(&mut self) -> ExitStatus {
-        self.proc.wait_within(PATIENCE)
+        let status = self.proc.wait_within(PATIENCE);
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        status
     }
 
     fn seen(&self) -> Vec<String> {
@@ -187,9 +205,11 @@ fn a_resumed_fetch_never_shows_a_rate_above_what_arrives() {
     // The second run, on a terminal: the bar starts at what is on disk, and the
     // rate is what arrives (at most the seeder's 2 MiB/s), not the resumed bytes.
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut term = Terminal::spawn(&argv, 100, dir.path());
+    // 60 columns: every line must fit (a wrapped bar reprints itself on every redraw).
+    let mut term = Terminal::spawn(&argv, 60, dir.path());
     let status = term.wait();
     assert!(status.success(), "{}", term.contents());
+    assert!(!term.wrapped.load(std::sync::atomic::Ordering::Relaxed), "a line wider than 60 columns");
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
     let seen = term.seen();
     let fetching: Vec<&String> = seen.iter().filter(|s| s.contains("f.bin [")).collect();
