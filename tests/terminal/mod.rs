@@ -250,7 +250,8 @@ fn a_seeder_shows_a_live_status_line_and_ctrl_c_exits_130() {
     let dd = dir.path().join("d");
     let args = ["seed", src.to_str().unwrap(), "--listen", "[::1]:0", "--data-dir", dd.to_str().unwrap()];
     let mut term = Terminal::spawn(&args, 100, dir.path());
-    let (screen, _) = term.wait_for("the status line", |s| s.contains("serving s.bin: 0 peers connected, 0 B uploaded"));
+    let (screen, _) =
+        term.wait_for("the status line", |s| s.contains("serving s.bin: 0 peers connected, 0 B uploaded"));
     assert!(screen.contains("pex fetch") && screen.contains("--peer [::1]:"), "{screen}");
     term.ctrl_c();
     assert_eq!(term.wait().code(), Some(130));
