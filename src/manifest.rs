@@ -763,6 +763,27 @@ mod tests {
     }
 
     #[test]
+    fn hash_pieces_puts_each_hash_at_its_index_whichever_thread_finishes_first() {
+        // Each thread stalls after its first piece, so the others overtake it
+        // and the workers finish their pieces out of file order.
+        std::thread_local!(static STALLED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+        let stall = |_| {
+            if !STALLED.replace(true) {
+                std::thread::sleep(std::time::Duration::from_millis(30));
+            }
+        };
+        let size = 5 * MIB + 1;
+        let (file, bytes) = random_file(size, 42);
+        for threads in [2, 3] {
+            assert_eq!(
+                hash_pieces(file.as_file(), size, threads, &stall).unwrap(),
+                expected(&bytes),
+                "{threads} threads"
+            );
+        }
+    }
+
+    #[test]
     fn hash_pieces_at_hashes_just_the_pieces_asked_for() {
         let size = 4 * MIB + 3;
         let (file, bytes) = random_file(size, 99);
