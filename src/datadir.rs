@@ -51,7 +51,11 @@ impl PartialRecord {
     pub fn claimed(&self, pieces: usize) -> Option<Vec<u8>> {
         let bytes: Option<Vec<u8>> = (0..self.held.len())
             .step_by(2)
-            .map(|i| self.held.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            // `from_str_radix` alone would take "+f" for 0x0f.
+            .map(|i| {
+                let pair = self.held.get(i..i + 2).filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+                pair.and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
             .collect();
         bytes.filter(|b| b.len() == pieces.div_ceil(8) && !self.held.is_empty())
     }
