@@ -11,13 +11,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/mutants}
 mkdir -p "$out"
-files=(src/wire.rs src/manifest.rs src/bitfield.rs src/picker/mod.rs src/peers.rs src/ratelimit.rs src/datadir.rs
+files=(src/wire/mod.rs src/manifest/mod.rs src/bitfield.rs src/picker/mod.rs src/peers.rs src/ratelimit.rs src/datadir.rs
   src/fetch/schedule.rs src/fetch/blobs.rs)
 args=()
 for f in "${files[@]}"; do args+=(--file "$f"); done
 start=$(date +%s)
+# -C: build and run only the library's unit tests and tests/wire.rs, not every test binary.
 cargo mutants --profile mutants --test-tool nextest --jobs "${JOBS:-2}" --timeout 60 --output "$out" "${args[@]}" \
-  -- --lib --test wire -E 'test(/^(wire|manifest|bitfield|picker|peers|ratelimit|datadir|fetch)::/) | binary(wire)' \
+  -C --lib -C --test=wire \
+  -- -E 'test(/^(wire|manifest|bitfield|picker|peers|ratelimit|datadir|fetch)::/) | binary(wire)' \
   || true
 echo "took $(( $(date +%s) - start )) s"
 for kind in caught missed timeout unviable; do

@@ -373,8 +373,8 @@ mod tests {
         dd.save_info(&info).unwrap();
         let when = SystemTime::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123_456_789);
         for rec in [
-            SeedRecord { path: "/srv/f.bin".into(), size: 3 << 20, mtime: Some(when) },
-            SeedRecord { path: "/srv/é \"q\".bin".into(), size: 0, mtime: None },
+            SeedRecord { path: "/srv/f.bin".into(), size: 3 << 20, mtime: Some(when), inode: Some(7) },
+            SeedRecord { path: "/srv/é \"q\".bin".into(), size: 0, mtime: None, inode: None },
         ] {
             dd.save_seed(&info.root, &rec).unwrap();
             assert!(dd.path().join("seeds").join(format!("{}.json", info.root)).is_file());
@@ -401,7 +401,7 @@ mod tests {
         let good: Vec<FileInfo> = (1..=3).map(info).collect();
         for (i, info) in good.iter().enumerate() {
             dd.save_info(info).unwrap();
-            let rec = SeedRecord { path: format!("/srv/{i}").into(), size: i as u64, mtime: None };
+            let rec = SeedRecord { path: format!("/srv/{i}").into(), size: i as u64, mtime: None, inode: None };
             dd.save_seed(&info.root, &rec).unwrap();
         }
         let seeds_dir = dd.path().join("seeds");
@@ -419,7 +419,7 @@ mod tests {
         // A good record whose piece hashes are damaged: the hashes file is named.
         let damaged = info(5);
         dd.save_info(&damaged).unwrap();
-        dd.save_seed(&damaged.root, &SeedRecord { path: "/srv/d".into(), size: 5, mtime: None }).unwrap();
+        dd.save_seed(&damaged.root, &SeedRecord { path: "/srv/d".into(), size: 5, mtime: None, inode: None }).unwrap();
         fs::write(dd.hashes_path(&damaged.root), b"short").unwrap();
         // Neither records nor damage: other files, and a temporary file left by a crash.
         fs::write(seeds_dir.join("notes.txt"), b"hello").unwrap();
