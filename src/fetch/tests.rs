@@ -348,12 +348,17 @@ impl Peer {
         h.events.send(DownloadEvent::Bitfield { conn: self.id, bits }).unwrap();
     }
 
-    /// Answers every ASK with DONT_HAVE.
+    /// Answers every ASK with DONT_HAVE; after 100 answers (a download
+    /// re-asking in a loop: the paused clock would never move) it stops answering.
     fn refuse(mut self) -> tokio::task::JoinHandle<Peer> {
         tokio::spawn(async move {
+            let mut answers = 0;
             while let Some(f) = self.out.0.recv().await {
                 if let Frame::Ask(a) = f {
-                    self.conn.deliver_dont_have(a);
+                    answers += 1;
+                    if answers <= 100 {
+                        self.conn.deliver_dont_have(a);
+                    }
                 }
                 self.seen.push(f);
             }
@@ -482,6 +487,7 @@ async fn at_most_16_blobs_are_asked_for_or_being_verified_at_once() {
         p.bitfield(&h, f.all());
     }
     let mut answered = [0usize; 5];
+    let t0 = tokio::time::Instant::now();
     let check = |peers: &mut [Peer], answered: &[usize; 5], h: &Harness| {
         let asks: Vec<Vec<Hash>> = peers.iter_mut().map(Peer::asks).collect();
         let distinct: std::collections::HashSet<&Hash> = asks.iter().flatten().collect();
@@ -513,6 +519,7 @@ async fn at_most_16_blobs_are_asked_for_or_being_verified_at_once() {
         // pieces are still being verified: those count against the cap too.
         tokio::task::yield_now().await;
         check(&mut peers, &answered, &h);
+        assert!(t0.elapsed() < Duration::from_secs(1), "the download does not progress");
     }
     let (result, _) = outcome(&mut h, PATIENCE).await;
     result.expect("the download failed");
@@ -963,6 +970,7 @@ async fn a_dont_have_clears_the_blob_from_the_peers_bitfield() {
         answered = asks.len();
         settle().await;
         assert!(answered <= 12, "{answered} ASKs");
+        assert!(!h.task.is_finished(), "the download ended");
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(p1.asks().iter().filter(|a| **a == x).count(), 1, "asked again for a piece it said it lacks");
@@ -971,6 +979,27 @@ async fn a_dont_have_clears_the_blob_from_the_peers_bitfield() {
     assert_eq!(p2.asks(), vec![x]);
     p2.conn.deliver_give(x, f.piece(&x));
     outcome(&mut h, PATIENCE).await.0.expect("the download failed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_piece_a_peer_lacks_is_asked_of_another_at_once() {
+    let f = File::new(12, 10);
+    let h = start(f.info.root, Timeouts::default());
+    let mut p1 = Peer::join(&h, 1);
+    p1.bitfield(&h, f.all());
+    give_meta(&p1.conn, &mut p1.out, &f.info).await;
+    settle().await;
+    let x = p1.asks()[0];
+    // The other peer holds only x, which is asked of p1: nothing for it yet.
+    let mut p2 = Peer::join(&h, 2);
+    settle().await;
+    p2.bitfield(&h, f.bits([f.index(&x)]));
+    settle().await;
+    assert!(!p2.asks().contains(&x));
+    p1.conn.deliver_dont_have(x);
+    settle().await;
+    assert!(p2.asks().contains(&x), "not asked of the peer that has it");
+    h.task.abort();
 }
 
 #[tokio::test(start_paused = true)]
@@ -997,3 +1026,4 @@ async fn a_verified_blob_is_cancelled_at_the_other_peer_asked_for_it() {
     }
     outcome(&mut h, PATIENCE).await.0.expect("the download failed");
 }
+
