@@ -1027,3 +1027,23 @@ async fn a_verified_blob_is_cancelled_at_the_other_peer_asked_for_it() {
     outcome(&mut h, PATIENCE).await.0.expect("the download failed");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_leaves_while_its_bad_piece_is_verified_is_banned_all_the_same() {
+    let f = File::new(12, 10);
+    let h = start(f.info.root, Timeouts::default());
+    let mut p1 = Peer::join(&h, 1);
+    p1.bitfield(&h, f.all());
+    give_meta(&p1.conn, &mut p1.out, &f.info).await;
+    settle().await;
+    let x = p1.asks()[0];
+    let mut bad = f.piece(&x).to_vec();
+    bad[0] ^= 1;
+    assert!(p1.conn.deliver_give(x, Bytes::from(bad)));
+    // The download takes the GIVE in and starts hashing it; the peer leaves meanwhile.
+    tokio::task::yield_now().await;
+    h.events.send(DownloadEvent::PeerLeft(1)).unwrap();
+    settle().await;
+    assert_eq!(*h.swarm.banned.lock().unwrap(), vec![1], "a liar escapes its ban by leaving");
+    assert_eq!(h.swarm.rejected.load(Ordering::Relaxed), 1);
+    h.task.abort();
+}
