@@ -8,7 +8,7 @@ use super::schedule::PeerState;
 use super::{DownloadEvent, Env, FetchError, FetchOptions, FetchOutcome, Progress, Stage, PERSIST_INTERVAL};
 use crate::hash::Hash;
 use crate::manifest::{FileInfo, Manifest};
-use crate::peer::{Answer, Route};
+use crate::peer::{Answer, PeerConn, Route};
 use crate::picker::Picker;
 use crate::store::{FileEntry, PartFile, StoreError};
 use bytes::Bytes;
@@ -71,7 +71,8 @@ impl Phase {
 /// The verdict on one GIVE of a piece.
 pub(super) enum Verified {
     Ok,
-    Mismatch,
+    /// With the sender's connection, which may have left while the piece was hashed.
+    Mismatch(Option<Arc<PeerConn>>),
     Failed(StoreError),
 }
 
@@ -155,12 +156,15 @@ impl Download {
                 return Ok(outcome);
             }
             tokio::select! {
+                // Answers before events: a peer's GIVE is queued before the news
+                // that it left, so a lie is judged (and banned) while the peer is known.
+                biased;
                 _ = shutdown.cancelled() => return Err(FetchError::Interrupted),
+                Some(answer) = answers.recv() => self.on_answer(answer).await?,
                 ev = events.recv() => match ev {
                     Some(ev) => self.on_event(ev),
                     None => return Err(FetchError::Interrupted),
                 },
-                Some(answer) = answers.recv() => self.on_answer(answer).await?,
                 Some(done) = self.verifying.join_next(), if !self.verifying.is_empty() => {
                     let (blob, conn, verdict) = done.map_err(|e| StoreError::Io {
                         path: Default::default(),
@@ -239,7 +243,7 @@ impl Download {
         match &mut self.phase {
             Phase::Manifest if hash == self.root => {
                 if Hash::of(&data) != hash {
-                    return self.misbehaved(conn, "sent a manifest that does not match its hash");
+                    return self.misbehaved(conn, None, "sent a manifest that does not match its hash");
                 }
                 let manifest =
                     Manifest::parse(&data).map_err(|error| FetchError::BadManifest { root: self.root, error })?;
@@ -252,7 +256,7 @@ impl Download {
                     return Ok(());
                 }
                 if Hash::of(&data) != hash {
-                    return self.misbehaved(conn, "sent a hash list that does not match its hash");
+                    return self.misbehaved(conn, None, "sent a hash list that does not match its hash");
                 }
                 // Its length must be what the file size implies (checked here).
                 if let Err(error) = l.manifest.parse_list(i, &data) {
@@ -280,15 +284,16 @@ impl Download {
                     p.picker.unrequested(b as usize);
                     let piece = p.blobs.pieces_of[b as usize][0];
                     tracing::warn!(piece, got = data.len(), want, "piece of the wrong length; asking another peer");
-                    self.misbehaved(conn, "sent a piece of the wrong length for its slot")?;
+                    self.misbehaved(conn, None, "sent a piece of the wrong length for its slot")?;
                     return self.check_obtainable(b, data.len());
                 }
                 p.verifying.insert(b);
+                let sender = self.peers.get(&conn).map(|peer| peer.conn.clone());
                 let part = p.part.clone();
                 let pieces = p.blobs.pieces_of[b as usize].clone();
                 self.verifying.spawn_blocking(move || {
                     if Hash::of(&data) != hash {
-                        return (b, conn, Verified::Mismatch);
+                        return (b, conn, Verified::Mismatch(sender));
                     }
                     for p in pieces {
                         if let Err(e) = part.write_piece(p as u64, &data) {
@@ -318,11 +323,18 @@ impl Download {
         })
     }
 
-    /// A peer lied (bad hash or length): count it, ban it, drop it.
-    pub(super) fn misbehaved(&mut self, conn: u64, reason: &str) -> Result<(), FetchError> {
+    /// A peer lied (bad hash or length): count it, ban it, drop it. `sender`
+    /// is its connection as it was when the lie arrived, if the peer may have
+    /// left since.
+    pub(super) fn misbehaved(
+        &mut self,
+        conn: u64,
+        sender: Option<Arc<PeerConn>>,
+        reason: &str,
+    ) -> Result<(), FetchError> {
         self.env.swarm.piece_rejected();
-        if let Some(p) = self.peers.get(&conn) {
-            self.env.swarm.ban(&p.conn, reason);
+        if let Some(c) = self.peers.get(&conn).map(|p| p.conn.clone()).or(sender) {
+            self.env.swarm.ban(&c, reason);
         }
         self.drop_peer(conn);
         Ok(())
@@ -333,11 +345,11 @@ impl Download {
         p.verifying.remove(&b);
         match verdict {
             Verified::Failed(e) => Err(e.into()),
-            Verified::Mismatch => {
+            Verified::Mismatch(sender) => {
                 p.picker.unrequested(b as usize);
                 let piece = p.blobs.pieces_of[b as usize][0];
                 tracing::warn!(piece, "piece failed verification; asking another peer");
-                self.misbehaved(conn, "sent a piece that does not match its hash")
+                self.misbehaved(conn, sender, "sent a piece that does not match its hash")
             }
             Verified::Ok => {
                 if !p.picker.completed(b as usize) {

@@ -50,6 +50,23 @@ pub(super) struct Output {
     last_persist: Instant,
 }
 
+#[cfg(test)]
+impl Output {
+    /// An output over an open `.part`, for tests that drive a download by hand.
+    pub(super) fn for_tests(path: PathBuf, part: Arc<PartFile>) -> Output {
+        Output {
+            part_abs: path.clone(),
+            path,
+            part: Some(part),
+            created: true,
+            adopted: false,
+            persisting: None,
+            unpersisted: 0,
+            last_persist: Instant::now(),
+        }
+    }
+}
+
 impl Output {
     /// Whether pieces completed since the last record and `every` has passed.
     pub fn persist_due(&self, every: Duration) -> bool {

@@ -69,7 +69,7 @@ impl PeerState {
 
     /// How many ASKs it may have outstanding: 1 while its bitfield is unknown,
     /// then enough to cover [`QUEUE_TIME`] at its measured rate.
-    fn depth(&self) -> usize {
+    pub(super) fn depth(&self) -> usize {
         if self.has.is_none() {
             return 1;
         }
