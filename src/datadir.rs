@@ -254,6 +254,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_seed_record_matches_only_the_same_size_mtime_and_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::write(&a, b"12345").unwrap();
+        fs::write(&b, b"12345").unwrap();
+        let meta = fs::metadata(&a).unwrap();
+        let rec = SeedRecord::of(a.clone(), &meta);
+        assert!(rec.matches(&meta));
+        let other_size = SeedRecord { size: 6, ..rec.clone() };
+        let other_mtime = SeedRecord { mtime: Some(SystemTime::UNIX_EPOCH), ..rec.clone() };
+        let other_inode = SeedRecord { inode: rec.inode.map(|i| i + 1), ..rec.clone() };
+        let no_inode = SeedRecord { inode: None, ..rec.clone() };
+        for (what, r) in [("size", other_size), ("mtime", other_mtime), ("inode", other_inode), ("no inode", no_inode)]
+        {
+            assert!(!r.matches(&meta), "a record with another {what} matched");
+        }
+        // Same size and contents, another file (inode): not the same file.
+        assert!(!rec.matches(&fs::metadata(&b).unwrap()));
+    }
+
+    #[test]
     fn info_and_seed_records_round_trip_and_damage_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let dd = DataDir::open(dir.path()).unwrap();
