@@ -7,6 +7,7 @@
 #
 #   cargo install cargo-mutants cargo-nextest   # once
 #   scripts/mutants.sh [OUT_DIR]                # results in OUT_DIR/mutants.out
+#   ITERATE=1 scripts/mutants.sh [OUT_DIR]      # again, skipping mutants caught last time
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/mutants}
@@ -17,7 +18,9 @@ args=()
 for f in "${files[@]}"; do args+=(--file "$f"); done
 start=$(date +%s)
 # -C: build and run only the library's unit tests and tests/wire.rs, not every test binary.
-cargo mutants --profile mutants --test-tool nextest --jobs "${JOBS:-2}" --timeout 60 --output "$out" "${args[@]}" \
+iterate=()
+[ -n "${ITERATE:-}" ] && iterate=(--iterate)
+cargo mutants --profile mutants --test-tool nextest --jobs "${JOBS:-2}" --timeout 60 --output "$out" "${iterate[@]}" "${args[@]}" \
   -C --lib -C --test=wire \
   -- -E 'test(/^(wire|manifest|bitfield|picker|peers|ratelimit|datadir|fetch)::/) | binary(wire)' \
   || true
