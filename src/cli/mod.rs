@@ -161,7 +161,11 @@ fn parse_peer(s: &str) -> Result<SocketAddr, String> {
     }
 }
 
+/// A rate; `0` means unlimited.
 fn parse_rate(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
     pex::ratelimit::parse_rate(s)
 }
 

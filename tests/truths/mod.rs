@@ -125,3 +125,18 @@ fn quiet_shows_only_results() {
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), out.to_str().unwrap());
     seeder.interrupt();
 }
+
+#[test]
+fn an_upload_rate_of_0_means_unlimited_and_the_demo_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seeder, _, bytes) = Seeder::with_file(dir.path(), 2 << 20, 76, &["--max-upload-rate", "0"]);
+    let out = dir.path().join("u.bin");
+    let o = fetch(&seeder.root, &seeder.peer, &out, &dir.path().join("f"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    seeder.interrupt();
+    let demo = run(Command::new(PEX).args(["demo", "--size", "3MiB"]));
+    assert!(demo.status.success(), "{}", stderr(&demo));
+    let said = String::from_utf8_lossy(&demo.stdout);
+    assert!(said.contains("fetched 3.00 MiB") && said.contains("MiB/s") && said.contains("byte-identical"), "{said}");
+}
