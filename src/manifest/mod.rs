@@ -157,7 +157,9 @@ impl Manifest {
 
     /// Parses and checks a manifest blob. Never panics on any input.
     pub fn parse(blob: &[u8]) -> Result<Manifest, ManifestError> {
-        if blob.len() < FIXED_HEAD {
+        // A blob shorter than the fixed head is truncated (`get`, so no comparison
+        // of its own: one a byte longer is refused as truncated a step later anyway).
+        if blob.get(..FIXED_HEAD).is_none() {
             return Err(ManifestError::Truncated);
         }
         if &blob[..4] != MANIFEST_MAGIC {
