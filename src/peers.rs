@@ -260,6 +260,9 @@ mod tests {
         }
         for good in ["[::1]:9000", "127.0.0.1:9000", "[::ffff:127.0.0.1]:9000", "[fd00::1]:1"] {
             assert_eq!(undialable(&good.parse().unwrap()), None, "{good}");
+            let mut t = PeerTable::default();
+            t.add(good.parse().unwrap(), false);
+            assert!(!t.is_empty() && t.len() == 1, "{good} did not enter the table");
         }
     }
 
