@@ -210,7 +210,9 @@ impl PeerTable {
                 e.verified
                     && !e.is_self
                     && e.failures < 3
-                    && since.is_none_or(|s| e.added > s || e.last_seen.is_some_and(|l| l > s))
+                    // Verified entries were seen no earlier than they were added, so
+                    // "added or re-verified since" is "seen since".
+                    && since.is_none_or(|s| e.last_seen.is_some_and(|l| l > s))
             })
             .collect();
         v.sort_by_key(|(_, e)| std::cmp::Reverse(e.last_seen));

@@ -89,7 +89,8 @@ impl Picker {
     /// (an ASK for `b` already out to it, `b` being verified, or it said it lacks `b`).
     pub fn pick(&self, has: Option<&BitSlice>, skip: impl Fn(usize) -> bool, rng: &mut fastrand::Rng) -> Option<usize> {
         let n = self.len();
-        if n == 0 || self.remaining == 0 {
+        // Nothing wanted (which is also the case for an empty picker: n = 0).
+        if self.remaining == 0 {
             return None;
         }
         let peer_has = |b: usize| has.is_none_or(|h| h[b]);
