@@ -112,6 +112,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn thirty_decimals_of_the_largest_unit_parse_exactly_without_overflow() {
+        // 0.999… (30 nines) GiB is one byte short of a GiB: the fraction must be
+        // reduced before it is multiplied, or 10^30 × 2^30 overflows.
+        assert_eq!(parse_rate(&format!("1.{}GiB", "9".repeat(30))), Ok((1 << 31) - 1));
+        assert_eq!(parse_rate(&format!("0.{}GiB", "9".repeat(30))), Ok((1 << 30) - 1));
+    }
+
+    #[test]
     fn rates_parse_with_units() {
         assert_eq!(parse_rate("16MiB"), Ok(16 << 20));
         assert_eq!(parse_rate("256KiB/s"), Ok(256 << 10));
