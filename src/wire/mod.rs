@@ -227,7 +227,7 @@ impl Frame {
             Frame::Reject { reason, .. } => 1 + reason.len(),
             Frame::Unknown { body, .. } => body.len(),
         };
-        dst.reserve(LEN_PREFIX + 1 + body_len.min(4096));
+        reserve_head(dst, body_len);
         dst.put_u32((1 + body_len) as u32);
         match self {
             Frame::KeepAlive => unreachable!("handled above"),
@@ -290,6 +290,12 @@ impl Frame {
         self.encode(&mut b);
         b.freeze()
     }
+}
+
+/// Room for a frame's head and a small body in one allocation (capacity only:
+/// what is written does not depend on it).
+fn reserve_head(dst: &mut BytesMut, body_len: usize) {
+    dst.reserve(LEN_PREFIX + 1 + body_len.min(4096));
 }
 
 fn put_hash(dst: &mut BytesMut, kind: u8, hash: &Hash) {
