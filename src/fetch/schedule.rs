@@ -256,19 +256,20 @@ impl Download {
         let Some(p) = self.peers.get_mut(&conn) else { return };
         p.asked.remove(&hash);
         p.last_answer = Instant::now();
+        // Whatever the phase (a late answer included), no root means no file.
+        if hash == self.root {
+            p.lacks_root = true;
+            return;
+        }
         let pc = match &mut self.phase {
-            Phase::Complete { .. } => return,
-            Phase::Manifest => {
-                p.lacks_root |= hash == self.root;
-                return;
-            }
+            Phase::Complete { .. } | Phase::Manifest => return,
             Phase::Lists(l) => {
-                p.lacks_root |= hash == self.root || l.manifest.lists.contains(&hash);
+                p.lacks_root |= l.manifest.lists.contains(&hash);
                 return;
             }
             Phase::Pieces(pc) => pc,
         };
-        if hash == self.root || pc.info.manifest.lists.contains(&hash) {
+        if pc.info.manifest.lists.contains(&hash) {
             p.lacks_root = true;
             return;
         }
