@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/mutants}
 mkdir -p "$out"
-files=(src/wire/mod.rs src/manifest/mod.rs src/bitfield.rs src/picker/mod.rs src/peers.rs src/ratelimit.rs src/datadir.rs
+files=(src/wire/mod.rs src/manifest/mod.rs src/bitfield.rs src/picker/mod.rs src/peers/mod.rs src/ratelimit.rs src/datadir/mod.rs
   src/fetch/schedule.rs src/fetch/blobs.rs)
 args=()
 for f in "${files[@]}"; do args+=(--file "$f"); done
