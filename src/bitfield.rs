@@ -19,6 +19,36 @@ pub fn check(pieces: usize, bits: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a BITFIELD range (bits for pieces `first..`) against a file of
+/// `pieces` pieces: it starts inside the file, has no whole byte past its
+/// last piece, and its bits past the last piece are zero.
+pub fn check_range(pieces: usize, first: u32, bits: &[u8]) -> Result<(), String> {
+    let first = first as usize;
+    if bits.is_empty() {
+        return Ok(());
+    }
+    if first >= pieces {
+        return Err(format!("BITFIELD from piece {first} of a {pieces}-piece file"));
+    }
+    let span = pieces - first;
+    if bits.len() > span.div_ceil(8) {
+        return Err(format!("BITFIELD of {} bytes from piece {first} of a {pieces}-piece file", bits.len()));
+    }
+    let covered = bits.len() * 8;
+    if covered > span {
+        let spare = covered - span;
+        if bits[bits.len() - 1] & ((1u8 << spare) - 1) != 0 {
+            return Err("BITFIELD has spare bits set".into());
+        }
+    }
+    Ok(())
+}
+
+/// The piece indices a BITFIELD range marks as held.
+pub fn set_indices(first: u32, bits: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    BitSlice::<u8, Msb0>::from_slice(bits).iter_ones().filter_map(move |i| first.checked_add(i as u32))
+}
+
 /// Whether a checked BITFIELD body claims every one of `pieces` pieces.
 pub fn is_complete(pieces: usize, bits: &[u8]) -> bool {
     let bits = BitSlice::<u8, Msb0>::from_slice(bits);
@@ -42,6 +72,12 @@ mod tests {
         assert!(check(9, &[0xff, 0x80, 0]).is_err());
         assert!(check(9, &[0xff, 0x40]).is_err(), "a spare bit is set");
         assert!(check(0, &[]).is_ok());
+        assert!(check_range(20, 8, &[0xff, 0xf0]).is_ok());
+        assert!(check_range(20, 8, &[0xff, 0xf8]).is_err(), "bit for piece 20 set");
+        assert!(check_range(20, 8, &[0xff, 0xf0, 0]).is_err(), "a whole byte past the end");
+        assert!(check_range(20, 20, &[0x80]).is_err(), "starts past the end");
+        assert!(check_range(20, 20, &[]).is_ok(), "an empty range says nothing");
+        assert_eq!(set_indices(8, &[0x81, 0x40]).collect::<Vec<_>>(), vec![8, 15, 17]);
         assert!(is_complete(9, &[0xff, 0x80]));
         assert!(!is_complete(9, &[0xff, 0x00]));
         let mut b = bitvec![u8, Msb0; 0; 9];

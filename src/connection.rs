@@ -1,10 +1,15 @@
-//! Framed I/O over one TCP connection: whole frames in, whole frames out.
-//! Knows the frame layout, not what messages mean. A GIVE whose data lies in
-//! a mapped file is written by the kernel straight from the mapping
-//! ([`FrameWriter::write_give`]), never read by pex itself.
+//! Framed I/O over one TCP connection: whole frames in, whole frames out,
+//! sealed into Noise transport messages once the v2 handshake is done
+//! ([`FrameReader::encrypted`], [`FrameWriter::encrypted`]). Knows the frame
+//! layout, not what messages mean. A GIVE whose data lies in a mapped file is
+//! read from the file with positioned reads, never through the mapping
+//! (a truncated file is an error, not SIGBUS), straight into the buffer where
+//! it is sealed; unencrypted (tests, the v1 answer) the kernel reads it from
+//! the mapping itself ([`FrameWriter::write_give`]).
 
 use crate::hash::Hash;
 use crate::mapping::Body;
+use crate::noise::{Cipher, NoiseError, LEN_PREFIX as MSG_PREFIX, MAX_MESSAGE, MAX_PLAINTEXT, TAG_LEN};
 use crate::ratelimit::RateLimiter;
 use crate::wire::{self, Frame, FrameError};
 use bytes::BytesMut;
@@ -32,6 +37,45 @@ pub enum ReadError {
     /// The peer sent bytes that are not a legal frame.
     #[error("protocol violation: {0}")]
     Protocol(#[from] FrameError),
+    /// A transport message failed to decrypt (or the nonces ran out).
+    #[error("secure channel: {0}")]
+    Crypto(#[from] NoiseError),
+}
+
+/// Ciphertext received and not yet opened, and the cipher that opens it.
+struct Opening {
+    cipher: Cipher,
+    raw: BytesMut,
+}
+
+impl Opening {
+    /// Opens every whole transport message in `raw`, appending the plaintext
+    /// to `plain`; returns how many plaintext bytes it added.
+    fn open_into(&mut self, plain: &mut BytesMut) -> Result<usize, NoiseError> {
+        let before = plain.len();
+        loop {
+            if self.raw.len() < MSG_PREFIX {
+                break;
+            }
+            let len = u16::from_be_bytes([self.raw[0], self.raw[1]]) as usize;
+            if self.raw.len() < MSG_PREFIX + len {
+                break;
+            }
+            let mut msg = self.raw.split_to(MSG_PREFIX + len);
+            let text = self.cipher.open(&mut msg[MSG_PREFIX..])?;
+            plain.extend_from_slice(text);
+        }
+        Ok(plain.len() - before)
+    }
+
+    /// Bytes still missing from the transport message at the front of `raw`.
+    fn missing(&self) -> usize {
+        if self.raw.len() < MSG_PREFIX {
+            return MSG_PREFIX - self.raw.len();
+        }
+        let len = u16::from_be_bytes([self.raw[0], self.raw[1]]) as usize;
+        (MSG_PREFIX + len).saturating_sub(self.raw.len())
+    }
 }
 
 /// The reading half of a connection.
@@ -39,12 +83,21 @@ pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     received: Option<Arc<AtomicU64>>,
+    opening: Option<Opening>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// Wraps a byte stream.
+    /// Wraps a plaintext byte stream (v1 framing; tests).
     pub fn new(inner: R) -> Self {
-        FrameReader { inner, buf: BytesMut::with_capacity(64 * 1024), received: None }
+        FrameReader { inner, buf: BytesMut::with_capacity(64 * 1024), received: None, opening: None }
+    }
+
+    /// Wraps a stream whose frames arrive inside Noise transport messages
+    /// opened with `cipher` (the v2 transport).
+    pub fn encrypted(inner: R, cipher: Cipher) -> Self {
+        let mut r = FrameReader::new(inner);
+        r.opening = Some(Opening { cipher, raw: BytesMut::with_capacity(MAX_MESSAGE + MSG_PREFIX) });
+        r
     }
 
     /// Counts every byte received into `counter`, so others can see a slow frame moving.
@@ -70,7 +123,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             // has sent that much, take the rest at once (growing in steps would copy).
             let step = if self.buf.len() >= READ_CHUNK / 4 { missing } else { missing.clamp(8 * 1024, READ_CHUNK) };
             self.buf.reserve(step);
-            let read = self.inner.read_buf(&mut self.buf);
+            let target = match &mut self.opening {
+                Some(o) => {
+                    if o.open_into(&mut self.buf)? > 0 {
+                        continue;
+                    }
+                    // Room for the rest of this transport message and a few more.
+                    o.raw.reserve(o.missing().max(READ_CHUNK));
+                    &mut o.raw
+                }
+                None => &mut self.buf,
+            };
+            let read = self.inner.read_buf(target);
             let n = match idle {
                 Some(idle) => tokio::time::timeout(idle, read)
                     .await
@@ -81,7 +145,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 c.fetch_add(n as u64, Ordering::Relaxed);
             }
             if n == 0 {
-                if self.buf.is_empty() {
+                let partial = self.opening.as_ref().is_some_and(|o| !o.raw.is_empty());
+                if self.buf.is_empty() && !partial {
                     return Ok(None);
                 }
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed in the middle of a frame").into());
@@ -89,9 +154,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Bytes received but not yet decoded (a partial frame).
+    /// Bytes received but not yet decoded (a partial frame or transport message).
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.opening.as_ref().map_or(0, |o| o.raw.len())
     }
 
     /// The underlying stream.
@@ -113,16 +178,108 @@ async fn bounded<T>(
     }
 }
 
+/// Transport messages written at most per system call: a GIVE of 1 MiB goes
+/// out in five writes, and the sealing buffer stays at 256 KiB.
+const SEAL_BATCH: usize = 4;
+
+/// The cipher that seals what this side sends, and the one buffer it seals into.
+struct Sealing {
+    cipher: Cipher,
+    out: Vec<u8>,
+}
+
+/// Where the plaintext of a frame comes from: its head, then its data.
+enum Source<'a> {
+    Slice(&'a [u8]),
+    Body(&'a Body),
+}
+
+impl Source<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Source::Slice(s) => s.len(),
+            Source::Body(b) => b.len(),
+        }
+    }
+
+    /// Copies `dst.len()` bytes from offset `off`; a mapped body by a
+    /// positioned read of its file.
+    fn copy(&self, off: usize, dst: &mut [u8]) -> io::Result<()> {
+        match self {
+            Source::Slice(s) => dst.copy_from_slice(&s[off..off + dst.len()]),
+            Source::Body(b) => b.read_at(off, dst)?,
+        }
+        Ok(())
+    }
+}
+
+impl Sealing {
+    /// Seals the plaintext `head ++ data` into transport messages of at most
+    /// `chunk` plaintext bytes and writes them, [`SEAL_BATCH`] per write.
+    async fn send<W: AsyncWrite + Unpin>(
+        &mut self,
+        inner: &mut W,
+        parts: [Source<'_>; 2],
+        limiter: Option<&RateLimiter>,
+        stall: Option<std::time::Duration>,
+    ) -> io::Result<()> {
+        let chunk = limiter.map_or(MAX_PLAINTEXT, |l| l.chunk().clamp(1, MAX_PLAINTEXT));
+        let total = parts[0].len() + parts[1].len();
+        let mut done = 0;
+        while done < total {
+            self.out.clear();
+            let batch_start = done;
+            for _ in 0..SEAL_BATCH {
+                if done == total {
+                    break;
+                }
+                let n = chunk.min(total - done);
+                let at = self.out.len();
+                self.out.resize(at + MSG_PREFIX + n + TAG_LEN, 0);
+                self.out[at..at + MSG_PREFIX].copy_from_slice(&((n + TAG_LEN) as u16).to_be_bytes());
+                let msg = &mut self.out[at + MSG_PREFIX..];
+                // Fill the plaintext from the head and/or the data.
+                let mut filled = 0;
+                let mut base = 0;
+                for part in &parts {
+                    let (from, to) = ((done + filled).max(base), (done + n).min(base + part.len()));
+                    if from < to {
+                        part.copy(from - base, &mut msg[filled..filled + (to - from)])?;
+                        filled += to - from;
+                    }
+                    base += part.len();
+                }
+                self.cipher.seal(msg).map_err(io::Error::other)?;
+                done += n;
+            }
+            if let Some(l) = limiter {
+                l.acquire(done - batch_start).await;
+            }
+            bounded(stall, inner.write_all(&self.out)).await?;
+        }
+        Ok(())
+    }
+}
+
 /// The writing half of a connection.
 pub struct FrameWriter<W> {
     inner: W,
     head: BytesMut,
+    sealing: Option<Sealing>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
-    /// Wraps a byte sink.
+    /// Wraps a plaintext byte sink (v1 framing; tests).
     pub fn new(inner: W) -> Self {
-        FrameWriter { inner, head: BytesMut::with_capacity(1024) }
+        FrameWriter { inner, head: BytesMut::with_capacity(1024), sealing: None }
+    }
+
+    /// Wraps a sink whose frames go out inside Noise transport messages sealed
+    /// with `cipher` (the v2 transport).
+    pub fn encrypted(inner: W, cipher: Cipher) -> Self {
+        let mut w = FrameWriter::new(inner);
+        w.sealing = Some(Sealing { cipher, out: Vec::new() });
+        w
     }
 
     /// Writes one frame; a GIVE's data goes out from where it lies (one vectored
@@ -142,6 +299,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     ) -> io::Result<()> {
         self.head.clear();
         let data = frame.encode_head(&mut self.head);
+        if let Some(s) = &mut self.sealing {
+            let data = data.map_or(&[][..], |d| &d[..]);
+            return s.send(&mut self.inner, [Source::Slice(&self.head), Source::Slice(data)], limiter, stall).await;
+        }
         match (data, limiter) {
             (None, _) => bounded(stall, self.inner.write_all(&self.head)).await?,
             (Some(data), None) => {
@@ -192,6 +353,9 @@ impl<W: AsyncWrite + Unpin + AsRef<TcpStream>> FrameWriter<W> {
     ) -> io::Result<()> {
         self.head.clear();
         Frame::encode_give_head(&mut self.head, hash, body.len());
+        if let Some(s) = &mut self.sealing {
+            return s.send(&mut self.inner, [Source::Slice(&self.head), Source::Body(body)], limiter, stall).await;
+        }
         let body = body.iovec();
         // Addresses as integers: the vectors are rebuilt for each system call, so
         // nothing that is not `Send` lives across an await.

@@ -24,9 +24,11 @@ pub mod connection;
 pub mod datadir;
 pub mod fetch;
 pub mod hash;
+pub mod identity;
 pub mod manifest;
 pub mod mapping;
 pub mod node;
+pub mod noise;
 pub mod peer;
 pub mod peers;
 pub mod picker;
@@ -54,12 +56,14 @@ mod layering {
     /// so the import graph is a DAG that reads bottom-up (docs/DESIGN.md).
     const LAYERS: &[&str] = &[
         "hash",
+        "identity",
         "bitfield",
         "text",
         "timeouts",
         "ratelimit",
         "picker",
         "wire",
+        "noise",
         "manifest",
         "peers",
         "mapping",

@@ -128,8 +128,17 @@ impl MappedRange {
     /// (never through the mapping): a truncated file gives an error, not SIGBUS.
     pub fn copy_out(&self) -> io::Result<Vec<u8>> {
         let mut v = vec![0u8; self.len];
-        self.map.file.read_exact_at(&mut v, self.off as u64)?;
+        self.read_at(0, &mut v)?;
         Ok(v)
+    }
+
+    /// Reads `dst.len()` bytes at offset `off` of the range with a positioned
+    /// read of the file (never through the mapping).
+    pub fn read_at(&self, off: usize, dst: &mut [u8]) -> io::Result<()> {
+        if off.checked_add(dst.len()).is_none_or(|end| end > self.len) {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.map.file.read_exact_at(dst, (self.off + off) as u64)
     }
 }
 
@@ -174,6 +183,19 @@ impl Body {
         match self {
             Body::Memory(b) => Ok(b.to_vec()),
             Body::Mapped(m) => m.copy_out(),
+        }
+    }
+
+    /// Copies `dst.len()` bytes from offset `off` into `dst`; a mapped range by
+    /// a positioned read of its file (see [`MappedRange::read_at`]).
+    pub fn read_at(&self, off: usize, dst: &mut [u8]) -> io::Result<()> {
+        match self {
+            Body::Memory(b) => {
+                let src = b.get(off..off + dst.len()).ok_or(io::ErrorKind::UnexpectedEof)?;
+                dst.copy_from_slice(src);
+                Ok(())
+            }
+            Body::Mapped(m) => m.read_at(off, dst),
         }
     }
 

@@ -27,13 +27,15 @@ pub async fn run(command: Command, quiet: bool) -> Result<i32> {
         Command::Fetch { hash, output, seed, connect_timeout, give_up_after, node } => {
             let opts = FetchOptions {
                 output,
-                peers: node.peers.clone(),
+                peers: node.peers.iter().filter(|p| p.node_id.is_none()).map(|p| p.addr).collect(),
+                expect: node.peers.iter().filter_map(|p| Some((p.addr, p.node_id?))).collect(),
                 connect_timeout: Duration::from_secs(connect_timeout),
                 give_up_after: Duration::from_secs(give_up_after),
             };
             fetch(hash, opts, seed, node, quiet, token).await
         }
         Command::Serve { node } => serve(node, quiet, token).await,
+        Command::Id { data_dir, json } => id(data_dir, json),
         Command::Demo { size } => demo(size, quiet, token).await,
     }
 }
@@ -68,12 +70,29 @@ async fn start_node(args: &NodeArgs, default_listen: &str, token: CancellationTo
         pex: !args.no_pex,
         max_upload_rate: args.max_upload_rate.filter(|r| *r > 0),
         timeouts: args.timeouts(),
+        identity: None,
     };
     let node = Node::start(config, Some(data_dir), token).await?;
     for p in &args.peers {
-        node.add_peer(*p);
+        match p.node_id {
+            Some(id) => node.add_peer_expecting(p.addr, id),
+            None => node.add_peer(p.addr),
+        }
     }
     Ok(node)
+}
+
+/// `pex id`: this data directory's node id (its identity is created if new).
+fn id(data_dir: Option<PathBuf>, json: bool) -> Result<i32> {
+    let dir = data_dir.unwrap_or_else(DataDir::default_path);
+    let dd = DataDir::open(&dir).map_err(|e| anyhow!("{}", io_message(&e)))?;
+    let id = dd.identity().map_err(|e| anyhow!("{}", io_message(&e)))?.node_id();
+    if json {
+        println!("{}", json!({ "node_id": id.to_hex() }));
+    } else {
+        println!("{id}");
+    }
+    Ok(0)
 }
 
 /// The regular file at `path`, or a one-line error naming it.
@@ -162,7 +181,8 @@ async fn seed(file: PathBuf, rehash: bool, args: NodeArgs, quiet: bool, token: C
     let info = &seeded.info;
     let mut out = vec![info.root.to_string()];
     if let Some(listen) = node.local_addr() {
-        out.extend(addrs::reachable(listen).iter().map(|a| format!("pex fetch {} --peer {a}", info.root)));
+        let id = node.id();
+        out.extend(addrs::reachable(listen).iter().map(|a| format!("pex fetch {} --peer {id}@{a}", info.root)));
     }
     if args.json {
         eprintln!("{}", out.join("\n"));

@@ -9,7 +9,7 @@ mod commands;
 mod ui;
 
 use clap::{Args, Parser, Subcommand};
-use pex::Hash;
+use pex::{Hash, NodeId};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -78,6 +78,15 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Print this node's id (the public key of the identity in the data directory).
+    Id {
+        /// Where the identity is kept [default: $XDG_DATA_HOME/pex, else ~/.local/share/pex].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Print {"node_id": ...} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show pex working: seed a generated file and fetch it through a second node on [::1].
     Demo {
         /// Size of the generated file, e.g. 64MiB.
@@ -92,9 +101,10 @@ struct NodeArgs {
     /// [::]:0 (any free port) for fetch].
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// A node to connect to (repeatable), e.g. [::1]:9000 or host:9000.
-    #[arg(long = "peer", value_name = "ADDR", value_parser = parse_peer)]
-    peers: Vec<SocketAddr>,
+    /// A node to connect to (repeatable), e.g. [::1]:9000 or host:9000; as
+    /// NODEID@HOST:PORT only the node that proves that id is accepted there.
+    #[arg(long = "peer", value_name = "[NODEID@]ADDR", value_parser = parse_peer)]
+    peers: Vec<PeerArg>,
     /// Where manifests and records of served files are kept
     /// [default: $XDG_DATA_HOME/pex, else ~/.local/share/pex].
     #[arg(long, value_name = "DIR")]
@@ -146,7 +156,27 @@ fn parse_root(s: &str) -> Result<Hash, String> {
     s.parse().map_err(|e| format!("invalid hash: {e}"))
 }
 
-fn parse_peer(s: &str) -> Result<SocketAddr, String> {
+/// A `--peer`: an address, and the node id expected there if one was given.
+#[derive(Clone, Copy, Debug)]
+struct PeerArg {
+    addr: SocketAddr,
+    node_id: Option<NodeId>,
+}
+
+fn parse_peer(s: &str) -> Result<PeerArg, String> {
+    let (node_id, s) = match s.split_once('@') {
+        Some((id, rest)) => {
+            if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err("expected NODEID@HOST:PORT with a node id of 64 hex digits".into());
+            }
+            (Some(id.parse::<NodeId>().map_err(|e| format!("invalid node id: {e}"))?), rest)
+        }
+        None => (None, s),
+    };
+    Ok(PeerArg { addr: parse_addr(s)?, node_id })
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     let addr = match s.parse::<SocketAddr>() {
         Ok(a) => a,
         Err(_) => s

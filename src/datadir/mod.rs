@@ -114,6 +114,11 @@ impl DataDir {
         &self.root
     }
 
+    /// This node's identity, kept in `identity` (mode 0600), created on first use.
+    pub fn identity(&self) -> io::Result<crate::identity::Identity> {
+        crate::identity::Identity::load_or_create(&self.root.join("identity"))
+    }
+
     fn manifest_path(&self, root: &Hash) -> PathBuf {
         self.root.join("files").join(format!("{root}.manifest"))
     }

@@ -10,9 +10,10 @@ use crate::fetch::Swarm;
 use crate::hash::Hash;
 use crate::mapping::Body;
 use crate::peer::{self, Direction, Handler, PeerConn, PeerError};
+use crate::wire::PeerEntry;
 use crate::ratelimit::RateLimiter;
 use crate::text::shown;
-use crate::wire::{Frame, Hello, RejectCode};
+use crate::wire::{Frame, RejectCode};
 use bytes::Bytes;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -25,6 +26,10 @@ use tokio::sync::OwnedSemaphorePermit;
 /// A connection that closes cleanly sooner than this after its handshake
 /// still counts toward the redial back-off of its address.
 const GOOD_CONNECTION: Duration = Duration::from_secs(10);
+/// Retry-after sent with REJECT(2) (at the connection limit): worth a later try.
+pub(super) const RETRY_FULL: u16 = 5;
+/// Retry-after sent with REJECT(6) (shutting down): it may come back.
+pub(super) const RETRY_SHUTDOWN: u16 = 10;
 
 /// Binds a listener with socket2: dual-stack IPv6 when the address is IPv6,
 /// SO_REUSEADDR, large buffers. Falls back to IPv4 when IPv6 is unavailable.
@@ -71,7 +76,11 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                                 tracing::debug!(peer = %addr, "inbound connection refused: {e}");
                             }
                         }
-                        Err(_) => peer::refuse(stream, RejectCode::PeerLimit, "peer limit reached").await,
+                        Err(_) => {
+                            let step = shared2.config.timeouts.hello;
+                            let (code, reason) = (RejectCode::PeerLimit, "peer limit reached");
+                            peer::refuse(stream, &shared2.local, step, code, RETRY_FULL, reason).await
+                        }
                     }
                 });
             }
@@ -107,13 +116,31 @@ async fn admit(
     direction: Direction,
     permit: OwnedSemaphorePermit,
 ) -> Result<(), PeerError> {
+    let step = shared.config.timeouts.hello;
     if shared.shutdown.is_cancelled() {
-        peer::refuse(stream, RejectCode::ShuttingDown, "shutting down").await;
+        if direction == Direction::Inbound {
+            let reason = "shutting down";
+            peer::refuse(stream, &shared.local, step, RejectCode::ShuttingDown, RETRY_SHUTDOWN, reason).await;
+        }
         return Err(PeerError::ShuttingDown);
     }
-    let ours = Hello { node_id: shared.id, listen_port: shared.listen_port() };
-    let mut hs = peer::handshake(stream, addr, direction, ours, shared.config.timeouts.hello).await?;
+    let mut hs = peer::handshake(stream, addr, direction, &shared.local, step).await?;
     let id = hs.hello.node_id;
+    let expected = match direction {
+        Direction::Outbound => shared.exchange.table().get(&addr).and_then(|e| Some((e.expected?, e.pinned))),
+        Direction::Inbound => None,
+    };
+    if let Some((expected, user)) = expected.filter(|(e, _)| *e != id) {
+        // Not the node we meant to reach: no frame beyond the HELLOs. One the
+        // user named is refused for the rest of the run, on any connection.
+        let err = PeerError::WrongNode { expected, got: id };
+        tracing::warn!(peer = %addr, "{err}");
+        if user {
+            shared.bans.ban(id, []);
+        }
+        hs.refuse_silently().await;
+        return Err(err);
+    }
     let refusal = if id == shared.id {
         if direction == Direction::Outbound {
             shared.exchange.table().mark_self(addr);
@@ -129,30 +156,42 @@ async fn admit(
         hs.refuse(code, reason).await;
         return Err(err);
     }
-    let newly_verified = direction == Direction::Outbound && shared.exchange.table().verified(addr, id);
+    let shareable = hs.hello.shareable();
+    let newly_verified = direction == Direction::Outbound && shared.exchange.table().verified(addr, id, shareable);
+    let newly_verified = newly_verified && shareable;
     let listen_addr = hs.listen_addr();
     let mut outbox = None;
-    let conn = shared.registry.register(id, listen_addr.unwrap_or(addr), |conn_id, stats| {
+    // Of two connections between the same nodes, the one dialled by the smaller node id stays.
+    let keep = if shared.id.0 < id.0 { Direction::Outbound } else { Direction::Inbound };
+    let conn = shared.registry.register(id, direction, keep, listen_addr.unwrap_or(addr), |conn_id, stats| {
         let (conn, o) = PeerConn::new(conn_id, &hs, stats, shared.shutdown.child_token());
         outbox = Some(o);
         conn
     });
-    let (Some(conn), Some(outbox)) = (conn, outbox) else {
+    let (Some((conn, displaced)), Some(outbox)) = (conn, outbox) else {
         if newly_verified {
-            shared.announce(addr, 0);
+            shared.announce(PeerEntry { node_id: id, addr }, 0);
         }
-        hs.refuse(RejectCode::Duplicate, "already connected").await;
+        hs.refuse(RejectCode::Duplicate, "already connected (the connection dialled by the smaller node id stays)")
+            .await;
         return Err(PeerError::Duplicate(id));
     };
+    if let Some(old) = displaced {
+        tracing::debug!(peer = %old.addr, "closing a duplicate connection");
+        old.close(Some(Frame::reject(
+            RejectCode::Duplicate,
+            "already connected (the connection dialled by the smaller node id stays)",
+        )));
+    }
     if newly_verified {
         // Immediate peer discovery: everyone connected learns the new address now, not in 60 s.
-        shared.announce(addr, conn.conn_id);
+        shared.announce(PeerEntry { node_id: id, addr }, conn.conn_id);
     }
     tracing::info!(peer = %addr, id = %id.short(), ?direction, "peer joined");
     if direction == Direction::Inbound && shared.config.pex {
         if let Some(l) = listen_addr {
             // Learn where it listens; a dial there verifies the address before we share it.
-            shared.learn(l);
+            shared.learn(PeerEntry { node_id: id, addr: l });
         }
     }
     // PEERS is part of the handshake: written now, before anything else can be.
@@ -173,21 +212,28 @@ impl Handler for Shared {
         self.store.get(hash)
     }
 
-    fn on_peers(&self, _conn: &Arc<PeerConn>, addrs: Vec<SocketAddr>) {
+    fn on_peers(&self, _conn: &Arc<PeerConn>, peers: Vec<PeerEntry>) {
         if self.config.pex {
-            for a in addrs {
-                self.learn(a);
+            for p in peers {
+                if p.node_id != self.id {
+                    self.learn(p);
+                }
             }
         }
     }
 
-    fn on_bitfield(&self, conn: &Arc<PeerConn>, root: Hash, bits: Bytes) -> Result<(), PeerError> {
+    fn on_bitfield(&self, conn: &Arc<PeerConn>, root: Hash, first: u32, bits: Bytes) -> Result<(), PeerError> {
         let entry = self.store.file(&root);
         if let Some(e) = &entry {
             let n = e.info.pieces.len();
-            bitfield::check(n, &bits).map_err(PeerError::Protocol)?;
+            let whole = first == 0 && bits.len() == n.div_ceil(8);
+            if whole {
+                bitfield::check(n, &bits).map_err(PeerError::Protocol)?;
+            } else {
+                bitfield::check_range(n, first, &bits).map_err(PeerError::Protocol)?;
+            }
             // A peer that already holds every piece has no use for our HAVEs.
-            if !bitfield::is_complete(n, &bits) {
+            if !(whole && bitfield::is_complete(n, &bits)) {
                 conn.note_interest(root);
             }
             if e.holds_any() {
@@ -196,7 +242,7 @@ impl Handler for Shared {
         } else {
             conn.note_interest(root);
         }
-        self.routes.bitfield(&root, conn.conn_id, bits);
+        self.routes.bitfield(&root, conn.conn_id, first, bits);
         Ok(())
     }
 
@@ -229,13 +275,19 @@ impl Handler for Shared {
                 Ok(()) if conn.since.elapsed() < GOOD_CONNECTION => Some("closed soon after the handshake".into()),
                 Ok(()) => None,
             };
-            self.exchange.table().ended(addr, why);
+            let mut table = self.exchange.table();
+            table.ended(addr, why);
+            if let Err(PeerError::Rejected { retry_after, .. }) = ending {
+                table.retry_after(addr, *retry_after);
+            }
         }
         self.exchange.wake();
     }
 
     fn farewell(&self) -> Option<Frame> {
-        self.shutdown.is_cancelled().then(|| Frame::reject(RejectCode::ShuttingDown, "shutting down"))
+        self.shutdown
+            .is_cancelled()
+            .then(|| Frame::reject_retry(RejectCode::ShuttingDown, RETRY_SHUTDOWN, "shutting down"))
     }
 
     fn limiter(&self) -> Option<&RateLimiter> {

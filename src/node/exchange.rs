@@ -6,7 +6,7 @@ use super::{conn, Shared, MAX_DIALS};
 use crate::lock;
 use crate::peer::{PeerConn, PeerError};
 use crate::peers::{undialable, PeerTable};
-use crate::wire::{Frame, MAX_PEERS_PER_FRAME};
+use crate::wire::{Frame, PeerEntry, MAX_PEERS_PER_FRAME};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -79,7 +79,11 @@ pub(super) async fn connect_loop(shared: Arc<Shared>) {
                     Ok(()) | Err(PeerError::Duplicate(_)) | Err(PeerError::SelfConnection) => {}
                     Err(e) => {
                         tracing::debug!(peer = %addr, "dial failed: {e}");
-                        shared2.exchange.table().failed(addr, e.to_string());
+                        let mut table = shared2.exchange.table();
+                        table.failed(addr, e.to_string());
+                        if let PeerError::Rejected { retry_after, .. } = e {
+                            table.retry_after(addr, retry_after);
+                        }
                     }
                 }
                 lock(&shared2.exchange.dialing).remove(&addr);
@@ -110,17 +114,6 @@ pub(super) async fn peers_loop(shared: Arc<Shared>) {
 }
 
 impl Shared {
-    /// The port to advertise in HELLO: 0 when not listening, and also without
-    /// peer exchange, so that peers never verify and spread our address: a
-    /// `--no-pex` node stays out of the swarm's address book in both directions
-    /// (it still accepts connections from peers given its address directly).
-    pub(super) fn listen_port(&self) -> u16 {
-        if !self.config.pex {
-            return 0;
-        }
-        self.local_addr.map_or(0, |a| a.port())
-    }
-
     fn should_skip_dial(&self, addr: &SocketAddr) -> bool {
         if lock(&self.exchange.dialing).contains(addr) || self.bans.has_addr(addr) || undialable(addr).is_some() {
             return true;
@@ -136,22 +129,24 @@ impl Shared {
         self.registry.has_addr(addr)
     }
 
-    /// Adds an address learned from a peer, unless banned or undialable.
-    pub(super) fn learn(&self, addr: SocketAddr) {
-        if self.bans.has_addr(&addr) {
+    /// Adds an address learned from a peer, with the node id a dial there must
+    /// meet, unless the id or address is banned or the address undialable.
+    pub(super) fn learn(&self, peer: PeerEntry) {
+        if self.bans.is_banned(&peer.node_id, &peer.addr) {
             return;
         }
-        self.exchange.add(addr, false);
+        self.exchange.add(peer.addr, false);
+        self.exchange.table().expect(peer.addr, peer.node_id, false);
     }
 
     /// Tells every connection but `except` about a newly verified address.
-    pub(super) fn announce(&self, addr: SocketAddr, except: u64) {
+    pub(super) fn announce(&self, peer: PeerEntry, except: u64) {
         if !self.config.pex {
             return;
         }
         for conn in self.registry.all() {
-            if conn.conn_id != except && conn.listen_addr != Some(addr) {
-                conn.send(Frame::Peers(vec![addr]));
+            if conn.conn_id != except && conn.listen_addr != Some(peer.addr) && conn.node_id != peer.node_id {
+                conn.send(Frame::Peers(vec![peer]));
             }
         }
     }
@@ -161,9 +156,10 @@ impl Shared {
     pub(super) fn peers_frame(&self, conn: &PeerConn, since: Option<Instant>) -> Option<Frame> {
         let mut list =
             if self.config.pex { self.exchange.table().shareable(MAX_PEERS_PER_FRAME + 1, since) } else { Vec::new() };
-        list.retain(|a| Some(*a) != conn.listen_addr && *a != conn.addr);
+        list.retain(|(a, id)| Some(*a) != conn.listen_addr && *a != conn.addr && *id != conn.node_id);
         list.truncate(MAX_PEERS_PER_FRAME);
         *lock(&conn.peers_sent) = Some(Instant::now());
+        let list = list.into_iter().map(|(addr, node_id)| PeerEntry { node_id, addr }).collect::<Vec<_>>();
         (since.is_none() || !list.is_empty()).then_some(Frame::Peers(list))
     }
 }

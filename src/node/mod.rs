@@ -12,6 +12,8 @@ mod registry;
 use crate::datadir::{DataDir, SeedRecord};
 use crate::fetch::{self, FetchError, FetchOptions, FetchOutcome, Progress};
 use crate::hash::{Hash, NodeId};
+use crate::identity::Identity;
+use crate::peer::Local;
 use crate::manifest::{hash_pieces, FileInfo};
 use crate::ratelimit::RateLimiter;
 use crate::store::{Store, StoreError};
@@ -46,6 +48,9 @@ pub struct Config {
     pub max_upload_rate: Option<u64>,
     /// Protocol intervals.
     pub timeouts: Timeouts,
+    /// The identity to use; `None`: the data directory's (created on first
+    /// use), or a new one for this run when there is no data directory.
+    pub identity: Option<Identity>,
 }
 
 impl Default for Config {
@@ -56,6 +61,7 @@ impl Default for Config {
             pex: true,
             max_upload_rate: None,
             timeouts: Timeouts::default(),
+            identity: None,
         }
     }
 }
@@ -90,6 +96,7 @@ pub struct NodeStats {
 /// users hold a [`Node`].
 pub(crate) struct Shared {
     id: NodeId,
+    local: Local,
     config: Config,
     store: Arc<Store>,
     data_dir: Option<DataDir>,
@@ -153,8 +160,23 @@ impl Node {
             None => None,
         };
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let identity = match (&config.identity, &data_dir) {
+            (Some(id), _) => id.clone(),
+            (None, Some(dd)) => dd.identity().map_err(NodeError::DataDir)?,
+            (None, None) => Identity::generate(),
+        };
+        // Without peer exchange the HELLO advertises no port and forbids
+        // sharing: a `--no-pex` node stays out of the swarm's address book.
+        let listen_port = if config.pex { local_addr.map_or(0, |a| a.port()) } else { 0 };
+        let local = Local {
+            identity: identity.clone(),
+            keys: crate::noise::Keys::generate(),
+            listen_port,
+            flags: if listen_port != 0 { crate::wire::FLAG_SHAREABLE } else { 0 },
+        };
         let shared = Arc::new(Shared {
-            id: NodeId::random(),
+            id: identity.node_id(),
+            local,
             limiter: config.max_upload_rate.map(RateLimiter::new),
             slots: Arc::new(Semaphore::new(config.max_peers)),
             config,
@@ -177,7 +199,7 @@ impl Node {
         Ok(Node { shared })
     }
 
-    /// This run's node id.
+    /// This node's id: the public key of its identity.
     pub fn id(&self) -> NodeId {
         self.shared.id
     }
@@ -207,6 +229,13 @@ impl Node {
     /// [`crate::peers::undialable`]) are ignored.
     pub fn add_peer(&self, addr: SocketAddr) {
         self.shared.exchange.add(addr, true);
+    }
+
+    /// [`Node::add_peer`] for a peer that must prove node id `id` (`NODEID@HOST:PORT`):
+    /// any other node answering there is disconnected after its HELLO, before any other frame.
+    pub fn add_peer_expecting(&self, addr: SocketAddr, id: NodeId) {
+        self.shared.exchange.add(addr, true);
+        self.shared.exchange.table().expect(addr, id, true);
     }
 
     /// The last dial error for an address, if its dials are failing.
@@ -345,6 +374,12 @@ impl Node {
         for conn in self.shared.registry.all() {
             let _ = tx.send(fetch::DownloadEvent::PeerJoined(conn));
         }
+        let mut opts = opts;
+        for (addr, id) in &opts.expect {
+            self.add_peer_expecting(*addr, *id);
+        }
+        let pinned: Vec<SocketAddr> = opts.expect.iter().map(|(a, _)| *a).filter(|a| !opts.peers.contains(a)).collect();
+        opts.peers.extend(pinned);
         for addr in &opts.peers {
             self.add_peer(*addr);
         }

@@ -5,7 +5,7 @@
 use crate::fetch::DownloadEvent;
 use crate::hash::{Hash, NodeId};
 use crate::lock;
-use crate::peer::{PeerConn, PeerStats};
+use crate::peer::{Direction, PeerConn, PeerStats};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -28,17 +28,28 @@ struct RegistryInner {
 
 impl Registry {
     /// Registers a connection built by `make` (given its connection id and the
-    /// node id's counters), or returns `None` if `node_id` is already connected.
-    /// `shown` is the address reported for it in statistics.
+    /// node id's counters). With `node_id` already connected, only one of the
+    /// two stays: the one in direction `keep` (dialled by the smaller node id);
+    /// two in the same direction keep the older. Returns `None` when the new
+    /// one is refused, else it and the connection it displaced (to close with
+    /// REJECT(1)). `shown` is the address reported for it in statistics.
     pub fn register(
         &self,
         node_id: NodeId,
+        direction: Direction,
+        keep: Direction,
         shown: SocketAddr,
         make: impl FnOnce(u64, Arc<PeerStats>) -> PeerConn,
-    ) -> Option<Arc<PeerConn>> {
+    ) -> Option<(Arc<PeerConn>, Option<Arc<PeerConn>>)> {
         let mut reg = lock(&self.0);
-        if reg.by_node.contains_key(&node_id) {
-            return None;
+        let mut displaced = None;
+        if let Some(old) = reg.by_node.get(&node_id).and_then(|c| reg.by_conn.get(c)).cloned() {
+            if old.direction == direction || direction != keep {
+                return None;
+            }
+            reg.by_conn.remove(&old.conn_id);
+            reg.by_node.remove(&node_id);
+            displaced = Some(old);
         }
         reg.next_id += 1;
         let conn_id = reg.next_id;
@@ -47,13 +58,13 @@ impl Registry {
         let conn = Arc::new(make(conn_id, stats));
         reg.by_node.insert(node_id, conn_id);
         reg.by_conn.insert(conn_id, conn.clone());
-        Some(conn)
+        Some((conn, displaced))
     }
 
-    /// Unregisters a closed connection.
+    /// Unregisters a closed connection (not another one of the same node id).
     pub fn remove(&self, conn: &PeerConn) {
         let mut reg = lock(&self.0);
-        if reg.by_conn.remove(&conn.conn_id).is_some() {
+        if reg.by_conn.remove(&conn.conn_id).is_some() && reg.by_node.get(&conn.node_id) == Some(&conn.conn_id) {
             reg.by_node.remove(&conn.node_id);
         }
     }
@@ -149,9 +160,17 @@ impl Routes {
     }
 
     /// Passes a BITFIELD to the download of `root`, if one runs.
-    pub fn bitfield(&self, root: &Hash, conn: u64, bits: Bytes) {
+    /// A range that does not start at piece 0, or that fills a whole frame
+    /// (part of a file over 8 TiB), reaches the download as one HAVE per set bit.
+    pub fn bitfield(&self, root: &Hash, conn: u64, first: u32, bits: Bytes) {
         if let Some(tx) = lock(&self.0).get(root) {
-            let _ = tx.send(DownloadEvent::Bitfield { conn, bits });
+            if first == 0 && bits.len() < crate::peer::MAX_BITFIELD_BYTES {
+                let _ = tx.send(DownloadEvent::Bitfield { conn, bits });
+            } else {
+                for index in crate::bitfield::set_indices(first, &bits) {
+                    let _ = tx.send(DownloadEvent::Have { conn, index });
+                }
+            }
         }
     }
 

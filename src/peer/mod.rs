@@ -10,13 +10,13 @@
 mod handshake;
 mod tasks;
 
-pub use handshake::{dial, handshake, refuse, Handshaken};
+pub use handshake::{dial, handshake, refuse, Handshaken, Local};
 
 use crate::hash::{Hash, NodeId};
 use crate::lock;
 use crate::mapping::Body;
 use crate::ratelimit::RateLimiter;
-use crate::wire::Frame;
+use crate::wire::{Frame, PeerEntry};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -34,6 +34,8 @@ pub const MAX_QUEUED_ASKS: usize = 256;
 pub const MAX_UNSOLICITED: u32 = 1024;
 /// Roots one connection may declare interest in (by BITFIELD).
 pub const MAX_INTEREST: usize = 1024;
+/// Most bytes of bits in one BITFIELD: what fits in the largest frame.
+pub const MAX_BITFIELD_BYTES: usize = crate::wire::MAX_FRAME_LEN - 1 - crate::wire::BITFIELD_HEAD;
 /// How long a closing connection waits to deliver its REJECT and drain.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -66,9 +68,25 @@ pub enum PeerError {
     Rejected {
         /// REJECT code.
         code: u8,
+        /// Seconds it asks us to wait before dialling again (0: do not retry).
+        retry_after: u16,
         /// Its reason text, as sent (show it only through [`crate::text`]).
         reason: String,
     },
+    /// The peer speaks wire protocol v1 (plaintext), not v2.
+    #[error("the peer speaks pex/1; this node speaks pex/2 (encrypted): upgrade the other node")]
+    OldProtocol,
+    /// The peer proved a node id other than the one we expected at its address.
+    #[error("expected node {}, but the peer proved it is node {}", .expected.short(), .got.short())]
+    WrongNode {
+        /// The node id we were told to expect (`--peer NODEID@…`, or PEERS).
+        expected: NodeId,
+        /// The node id its signed HELLO proves.
+        got: NodeId,
+    },
+    /// A transport message failed to decrypt (tampered with on the way), or nonces ran out.
+    #[error("secure channel failed: {0}")]
+    Crypto(String),
     /// We dialled ourselves.
     #[error("connected to self")]
     SelfConnection,
@@ -91,6 +109,7 @@ impl From<crate::connection::ReadError> for PeerError {
         match e {
             crate::connection::ReadError::Io(e) => PeerError::Io(e),
             crate::connection::ReadError::Protocol(e) => PeerError::Protocol(e.to_string()),
+            crate::connection::ReadError::Crypto(e) => PeerError::Crypto(e.to_string()),
         }
     }
 }
@@ -142,9 +161,9 @@ pub trait Handler: Send + Sync + 'static {
     /// The blob to answer an ASK for `hash` with, if held.
     fn blob(&self, hash: &Hash) -> Option<Body>;
     /// The peer sent PEERS.
-    fn on_peers(&self, conn: &Arc<PeerConn>, addrs: Vec<SocketAddr>);
-    /// The peer sent BITFIELD; an error closes the connection with REJECT(3).
-    fn on_bitfield(&self, conn: &Arc<PeerConn>, root: Hash, bits: Bytes) -> Result<(), PeerError>;
+    fn on_peers(&self, conn: &Arc<PeerConn>, peers: Vec<PeerEntry>);
+    /// The peer sent BITFIELD for pieces `first..`; an error closes the connection with REJECT(3).
+    fn on_bitfield(&self, conn: &Arc<PeerConn>, root: Hash, first: u32, bits: Bytes) -> Result<(), PeerError>;
     /// The peer sent HAVE; an error closes the connection with REJECT(3).
     fn on_have(&self, conn: &Arc<PeerConn>, root: Hash, index: u32) -> Result<(), PeerError>;
     /// GIVE payload bytes were sent (`up`) or received (`down`).
@@ -367,10 +386,20 @@ impl PeerConn {
         }
     }
 
-    /// Sends our BITFIELD for `root` unless one was sent already.
+    /// Sends our BITFIELD for `root` unless one was sent already: one frame,
+    /// or several ranges when the bits do not fit in one (files over 8 TiB).
     pub fn send_bitfield_once(&self, root: Hash, bits: Bytes) {
         if lock(&self.bitfield_sent).insert(root) {
-            self.send(Frame::Bitfield { root, bits });
+            if bits.is_empty() {
+                self.send(Frame::Bitfield { root, first: 0, bits });
+                return;
+            }
+            let mut at = 0;
+            while at < bits.len() {
+                let n = MAX_BITFIELD_BYTES.min(bits.len() - at);
+                self.send(Frame::Bitfield { root, first: (at * 8) as u32, bits: bits.slice(at..at + n) });
+                at += n;
+            }
         }
     }
 }

@@ -119,9 +119,9 @@ async fn read_loop<H: Handler>(
         match frame {
             Frame::KeepAlive | Frame::Unknown { .. } => {}
             Frame::Hello(_) => return Err(PeerError::Protocol("second HELLO".into())),
-            Frame::Reject { code, reason } => {
-                tracing::debug!(peer = %conn.addr, code, "peer closed with REJECT: {}", shown(&reason));
-                return Err(PeerError::Rejected { code, reason });
+            Frame::Reject { code, retry_after, reason } => {
+                tracing::debug!(peer = %conn.addr, code, retry_after, "peer closed with REJECT: {}", shown(&reason));
+                return Err(PeerError::Rejected { code, retry_after, reason });
             }
             Frame::Ask(hash) => {
                 let slot = tokio::select! {
@@ -140,8 +140,8 @@ async fn read_loop<H: Handler>(
                 }
             }
             Frame::DontHave(hash) => conn.deliver_dont_have(hash),
-            Frame::Peers(addrs) => handler.on_peers(conn, addrs),
-            Frame::Bitfield { root, bits } => handler.on_bitfield(conn, root, bits)?,
+            Frame::Peers(peers) => handler.on_peers(conn, peers),
+            Frame::Bitfield { root, first, bits } => handler.on_bitfield(conn, root, first, bits)?,
             Frame::Have { root, index } => handler.on_have(conn, root, index)?,
         }
     }

@@ -54,6 +54,11 @@ pub fn undialable(addr: &SocketAddr) -> Option<&'static str> {
 pub struct KnownPeer {
     /// The node id last seen at this address.
     pub node_id: Option<NodeId>,
+    /// The node id a dial of this address must meet (`--peer NODEID@…`, or
+    /// the id PEERS gave with it); another id there ends the connection.
+    pub expected: Option<NodeId>,
+    /// Its HELLO allowed sharing its address in PEERS.
+    pub shareable: bool,
     /// This node completed a HELLO at this address.
     pub verified: bool,
     /// Given on the command line: never evicted, always retried.
@@ -117,6 +122,8 @@ impl PeerTable {
             addr,
             KnownPeer {
                 node_id: None,
+                expected: None,
+                shareable: false,
                 verified: false,
                 pinned,
                 is_self: false,
@@ -129,15 +136,27 @@ impl PeerTable {
         );
     }
 
-    /// A HELLO completed with `id` at `addr`, which this node dialled.
+    /// Pins the node id a dial of `addr` must meet. The user's pin (`user`)
+    /// replaces any other; one learned from PEERS only fills an empty pin.
+    pub fn expect(&mut self, addr: SocketAddr, id: NodeId, user: bool) {
+        if let Some(e) = self.entries.get_mut(&addr) {
+            if user || e.expected.is_none() {
+                e.expected = Some(id);
+            }
+        }
+    }
+
+    /// A HELLO completed with `id` at `addr`, which this node dialled;
+    /// `shareable` is its HELLO's permission to share the address.
     /// Returns true the first time the address is verified (worth telling peers at once).
     /// The back-off is not reset here: only a connection that ends well does that.
-    pub fn verified(&mut self, addr: SocketAddr, id: NodeId) -> bool {
+    pub fn verified(&mut self, addr: SocketAddr, id: NodeId, shareable: bool) -> bool {
         self.insert(addr, false, true);
         let Some(e) = self.entries.get_mut(&addr) else { return false };
         let new = !e.verified;
         e.verified = true;
         e.node_id = Some(id);
+        e.shareable = shareable;
         e.last_error = None;
         e.last_seen = Some(Instant::now());
         new
@@ -156,6 +175,20 @@ impl PeerTable {
                 }
             }
         }
+    }
+
+    /// The peer at `addr` asked, in its REJECT, to wait `secs` seconds before
+    /// the next dial; 0 asks not to be dialled again, so a learned address is
+    /// forgotten (one the user gave keeps its back-off).
+    pub fn retry_after(&mut self, addr: SocketAddr, secs: u16) {
+        let Some(e) = self.entries.get_mut(&addr) else { return };
+        if secs == 0 {
+            if !e.pinned {
+                self.entries.remove(&addr);
+            }
+            return;
+        }
+        e.next_try = e.next_try.max(Instant::now() + Duration::from_secs(secs.into()));
     }
 
     /// `addr` answered with our own node id.
@@ -200,14 +233,17 @@ impl PeerTable {
         due.into_iter().map(|(_, a)| a).collect()
     }
 
-    /// Verified addresses to share in PEERS, newest contact first, at most `max`;
+    /// Verified addresses whose nodes allow sharing them, with their node
+    /// ids, to share in PEERS, newest contact first, at most `max`;
     /// `since` keeps only those added after it.
-    pub fn shareable(&self, max: usize, since: Option<Instant>) -> Vec<SocketAddr> {
+    pub fn shareable(&self, max: usize, since: Option<Instant>) -> Vec<(SocketAddr, NodeId)> {
         let mut v: Vec<(&SocketAddr, &KnownPeer)> = self
             .entries
             .iter()
             .filter(|(_, e)| {
                 e.verified
+                    && e.shareable
+                    && e.node_id.is_some()
                     && !e.is_self
                     && e.failures < 3
                     // Verified entries were seen no earlier than they were added, so
@@ -216,7 +252,7 @@ impl PeerTable {
             })
             .collect();
         v.sort_by_key(|(_, e)| std::cmp::Reverse(e.last_seen));
-        v.into_iter().take(max).map(|(a, _)| *a).collect()
+        v.into_iter().take(max).filter_map(|(a, e)| Some((*a, e.node_id?))).collect()
     }
 
     /// Evicts the least useful unpinned entry; false if all are pinned.

@@ -1,8 +1,10 @@
-//! Wire protocol v1: the frame layout and a pure codec (no sockets, no tokio).
+//! Wire protocol v2 frames: the layout and a pure codec (no sockets, no
+//! tokio, no cryptography: [`crate::noise`] carries these frames encrypted).
 //!
 //! Every frame is a 4-byte big-endian length `L`, then `L` bytes. `L = 0` is a
 //! keep-alive; otherwise the first byte is the message type and the rest its
-//! body. docs/PROTOCOL.md is written from this module.
+//! body. docs/PROTOCOL.md is written from this module; v1 (plaintext, before
+//! the Noise handshake) survives only as [`v1_reject`], the answer to a v1 peer.
 
 use crate::hash::{Hash, NodeId};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -21,11 +23,17 @@ pub const MAX_REJECT_REASON: usize = 200;
 /// First three bytes of a HELLO body.
 pub const HELLO_MAGIC: &[u8; 3] = b"PEX";
 /// The protocol version this codec speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
-/// HELLO body length: magic, version, node id, listen port.
-pub const HELLO_LEN: usize = 3 + 1 + 32 + 2;
-/// One PEERS entry: IPv6 address and port.
-pub const PEER_ENTRY_LEN: usize = 18;
+pub const PROTOCOL_VERSION: u8 = 2;
+/// HELLO body length: magic, version, node id, listen port, flags, signature.
+pub const HELLO_LEN: usize = 3 + 1 + 32 + 2 + 1 + 64;
+/// HELLO flag bit 0: "you may share my address in PEERS".
+pub const FLAG_SHAREABLE: u8 = 1;
+/// One PEERS entry: node id, IPv6 address and port.
+pub const PEER_ENTRY_LEN: usize = 32 + 16 + 2;
+/// Bytes of a BITFIELD body before its bits: root and first piece index.
+pub const BITFIELD_HEAD: usize = 32 + 4;
+/// Bytes of a REJECT body before its reason: code and retry-after.
+pub const REJECT_HEAD: usize = 1 + 2;
 
 /// Message type bytes. 0–2 keep the numbering of the ask/give/peer design pex grew from.
 pub mod kind {
@@ -83,13 +91,34 @@ impl RejectCode {
     }
 }
 
-/// The handshake body.
+/// The HELLO body: who the sender is, proven by a signature over this
+/// connection's Noise handshake hash (see [`crate::identity`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hello {
-    /// The sender's random identity for this run.
+    /// The sender's Ed25519 public key.
     pub node_id: NodeId,
     /// The port the sender accepts connections on, 0 if it does not listen.
     pub listen_port: u16,
+    /// Bit 0: [`FLAG_SHAREABLE`]; other bits are sent zero, ignored and kept as received.
+    pub flags: u8,
+    /// Ed25519 signature of `"pex/2 hello"` followed by the handshake hash.
+    pub signature: [u8; 64],
+}
+
+impl Hello {
+    /// Whether the sender lets others learn its address from our PEERS.
+    pub fn shareable(&self) -> bool {
+        self.flags & FLAG_SHAREABLE != 0
+    }
+}
+
+/// One PEERS entry: a node and where it accepts connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerEntry {
+    /// Its verified node id: a dial of `addr` must meet this id.
+    pub node_id: NodeId,
+    /// Its address; IPv4 travels IPv4-mapped.
+    pub addr: SocketAddr,
 }
 
 /// One decoded frame.
@@ -106,16 +135,18 @@ pub enum Frame {
         /// The blob, at most [`MAX_BLOB_LEN`] bytes.
         data: Bytes,
     },
-    /// Peers that accept connections; IPv4 ones travel IPv4-mapped.
-    Peers(Vec<SocketAddr>),
+    /// Peers that accept connections, each with its node id.
+    Peers(Vec<PeerEntry>),
     /// The handshake, first frame on each side.
     Hello(Hello),
     /// "I do not hold the blob you asked for."
     DontHave(Hash),
-    /// Which pieces of `root`'s file the sender holds, MSB first.
+    /// Which pieces of `root`'s file the sender holds, from piece `first` on, MSB first.
     Bitfield {
         /// Root hash of the file.
         root: Hash,
+        /// The piece the first bit stands for.
+        first: u32,
         /// One bit per piece, most significant bit first, spare bits zero.
         bits: Bytes,
     },
@@ -130,6 +161,8 @@ pub enum Frame {
     Reject {
         /// A [`RejectCode`] byte (unknown codes are kept as they are).
         code: u8,
+        /// Seconds the peer asks us to wait before dialling again; 0 = do not retry.
+        retry_after: u16,
         /// Human-readable reason, at most [`MAX_REJECT_REASON`] bytes.
         reason: String,
     },
@@ -160,6 +193,14 @@ pub enum FrameError {
         /// What the protocol requires.
         expected: &'static str,
     },
+    /// BITFIELD whose range does not fit in u32 piece indices.
+    #[error("BITFIELD from piece {first} with {bytes} bytes of bits runs past piece 2^32 - 1")]
+    BitfieldRange {
+        /// Its first piece index.
+        first: u32,
+        /// Bytes of bits.
+        bytes: usize,
+    },
     /// HELLO did not start with "PEX".
     #[error("HELLO magic is not \"PEX\"")]
     BadMagic,
@@ -172,8 +213,14 @@ pub enum FrameError {
 }
 
 impl Frame {
-    /// A REJECT frame with a code from this version.
+    /// A REJECT frame with a code from this version and no retry-after.
     pub fn reject(code: RejectCode, reason: impl Into<String>) -> Frame {
+        Frame::reject_retry(code, 0, reason)
+    }
+
+    /// A REJECT frame asking the peer to wait `retry_after` seconds before
+    /// dialling again (0: do not retry), its reason cut to 200 bytes.
+    pub fn reject_retry(code: RejectCode, retry_after: u16, reason: impl Into<String>) -> Frame {
         let mut reason: String = reason.into();
         if reason.len() > MAX_REJECT_REASON {
             let mut end = MAX_REJECT_REASON;
@@ -182,7 +229,7 @@ impl Frame {
             }
             reason.truncate(end);
         }
-        Frame::Reject { code: code as u8, reason }
+        Frame::Reject { code: code as u8, retry_after, reason }
     }
 
     /// Short name for logs.
@@ -222,9 +269,9 @@ impl Frame {
             Frame::Give { data, .. } => 32 + data.len(),
             Frame::Peers(peers) => peers.len() * PEER_ENTRY_LEN,
             Frame::Hello(_) => HELLO_LEN,
-            Frame::Bitfield { bits, .. } => 32 + bits.len(),
+            Frame::Bitfield { bits, .. } => BITFIELD_HEAD + bits.len(),
             Frame::Have { .. } => 36,
-            Frame::Reject { reason, .. } => 1 + reason.len(),
+            Frame::Reject { reason, .. } => REJECT_HEAD + reason.len(),
             Frame::Unknown { body, .. } => body.len(),
         };
         reserve_head(dst, body_len);
@@ -240,7 +287,8 @@ impl Frame {
             }
             Frame::Peers(peers) => {
                 dst.put_u8(kind::PEERS);
-                for addr in peers {
+                for PeerEntry { node_id, addr } in peers {
+                    dst.put_slice(&node_id.0);
                     let ip = match addr.ip() {
                         IpAddr::V6(ip) => ip,
                         IpAddr::V4(ip) => ip.to_ipv6_mapped(),
@@ -255,18 +303,22 @@ impl Frame {
                 dst.put_u8(PROTOCOL_VERSION);
                 dst.put_slice(&hello.node_id.0);
                 dst.put_u16(hello.listen_port);
+                dst.put_u8(hello.flags);
+                dst.put_slice(&hello.signature);
             }
-            Frame::Bitfield { root, bits } => {
+            Frame::Bitfield { root, first, bits } => {
                 put_hash(dst, kind::BITFIELD, root);
+                dst.put_u32(*first);
                 dst.put_slice(bits);
             }
             Frame::Have { root, index } => {
                 put_hash(dst, kind::HAVE, root);
                 dst.put_u32(*index);
             }
-            Frame::Reject { code, reason } => {
+            Frame::Reject { code, retry_after, reason } => {
                 dst.put_u8(kind::REJECT);
                 dst.put_u8(*code);
+                dst.put_u16(*retry_after);
                 dst.put_slice(reason.as_bytes());
             }
             Frame::Unknown { kind, body } => {
@@ -383,26 +435,27 @@ pub fn decode_body(kind: u8, mut body: Bytes) -> Result<Frame, FrameError> {
                 return Err(FrameError::BadLength {
                     name: "PEERS",
                     len: body.len(),
-                    expected: "a multiple of 18, at most 900",
+                    expected: "a multiple of 50, at most 2500",
                 });
             }
             let peers = body
                 .chunks_exact(PEER_ENTRY_LEN)
                 .map(|e| {
                     let mut ip = [0u8; 16];
-                    ip.copy_from_slice(&e[..16]);
+                    ip.copy_from_slice(&e[32..48]);
                     let ip = Ipv6Addr::from(ip);
-                    let port = u16::from_be_bytes([e[16], e[17]]);
-                    match ip.to_ipv4_mapped() {
+                    let port = u16::from_be_bytes([e[48], e[49]]);
+                    let addr = match ip.to_ipv4_mapped() {
                         Some(v4) => SocketAddr::new(IpAddr::V4(v4), port),
                         None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)),
-                    }
+                    };
+                    PeerEntry { node_id: NodeId(hash_at(e).0), addr }
                 })
                 .collect();
             Frame::Peers(peers)
         }
         kind::HELLO => {
-            exact("HELLO", &body, HELLO_LEN, "38")?;
+            exact("HELLO", &body, HELLO_LEN, "103")?;
             if &body[..3] != HELLO_MAGIC {
                 return Err(FrameError::BadMagic);
             }
@@ -411,29 +464,57 @@ pub fn decode_body(kind: u8, mut body: Bytes) -> Result<Frame, FrameError> {
             }
             let mut id = [0u8; 32];
             id.copy_from_slice(&body[4..36]);
-            Frame::Hello(Hello { node_id: NodeId(id), listen_port: u16::from_be_bytes([body[36], body[37]]) })
+            let mut signature = [0u8; 64];
+            signature.copy_from_slice(&body[39..103]);
+            Frame::Hello(Hello {
+                node_id: NodeId(id),
+                listen_port: u16::from_be_bytes([body[36], body[37]]),
+                flags: body[38],
+                signature,
+            })
         }
         kind::BITFIELD => {
-            at_least("BITFIELD", &body, 32, "at least 32")?;
+            at_least("BITFIELD", &body, BITFIELD_HEAD, "at least 36")?;
             let root = hash_at(&body);
-            body.advance(32);
-            Frame::Bitfield { root, bits: body }
+            let first = u32::from_be_bytes([body[32], body[33], body[34], body[35]]);
+            body.advance(BITFIELD_HEAD);
+            // The last bit must name a piece index that fits in u32.
+            if !body.is_empty() && first as u64 + (body.len() as u64 - 1) * 8 > u32::MAX as u64 {
+                return Err(FrameError::BitfieldRange { first, bytes: body.len() });
+            }
+            Frame::Bitfield { root, first, bits: body }
         }
         kind::HAVE => {
             exact("HAVE", &body, 36, "36")?;
             Frame::Have { root: hash_at(&body), index: u32::from_be_bytes([body[32], body[33], body[34], body[35]]) }
         }
         kind::REJECT => {
-            if body.is_empty() || body.len() > 1 + MAX_REJECT_REASON {
-                return Err(FrameError::BadLength { name: "REJECT", len: body.len(), expected: "1 to 201" });
+            if body.len() < REJECT_HEAD || body.len() > REJECT_HEAD + MAX_REJECT_REASON {
+                return Err(FrameError::BadLength { name: "REJECT", len: body.len(), expected: "3 to 203" });
             }
             let code = body[0];
-            let reason = std::str::from_utf8(&body[1..]).map_err(|_| FrameError::ReasonNotUtf8)?.to_owned();
-            Frame::Reject { code, reason }
+            let retry_after = u16::from_be_bytes([body[1], body[2]]);
+            let reason = std::str::from_utf8(&body[3..]).map_err(|_| FrameError::ReasonNotUtf8)?.to_owned();
+            Frame::Reject { code, retry_after, reason }
         }
         kind => Frame::Unknown { kind, body },
     })
 }
+
+/// The one v1 frame a v2 node still writes: a plaintext v1 REJECT (code,
+/// then the reason; no retry-after), the answer to a v1 HELLO before closing.
+pub fn v1_reject(code: RejectCode, reason: &str) -> Vec<u8> {
+    let reason = &reason.as_bytes()[..reason.len().min(MAX_REJECT_REASON)];
+    let mut v = Vec::with_capacity(LEN_PREFIX + 2 + reason.len());
+    v.extend_from_slice(&(2 + reason.len() as u32).to_be_bytes());
+    v.push(kind::REJECT);
+    v.push(code as u8);
+    v.extend_from_slice(reason);
+    v
+}
+
+/// The reason a v2 node gives a v1 peer.
+pub const V1_REJECT_REASON: &str = "this node speaks pex/2 (Noise_XX_25519_AESGCM_SHA256); upgrade pex";
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,140 @@
+//! A node's identity: an Ed25519 key pair whose public key is the node id,
+//! and the HELLO signature that binds that id to one Noise session
+//! (docs/PROTOCOL.md, "v2 HELLO"). Kept on disk as 32 secret bytes in a file
+//! only its owner may read.
+
+use crate::hash::NodeId;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// What a HELLO signature covers before the handshake hash.
+pub const HELLO_CONTEXT: &[u8; 11] = b"pex/2 hello";
+/// Length of an Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// An Ed25519 key pair; its public key is the node id.
+#[derive(Clone)]
+pub struct Identity {
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity({})", self.node_id().short())
+    }
+}
+
+impl Identity {
+    /// A new random identity, from the system's CSPRNG.
+    pub fn generate() -> Identity {
+        let mut seed = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+            .expect("the system random number generator failed");
+        Identity::from_secret(seed)
+    }
+
+    /// The identity whose 32-byte Ed25519 secret key is `secret` (fixtures, the identity file).
+    pub fn from_secret(secret: [u8; 32]) -> Identity {
+        Identity { key: SigningKey::from_bytes(&secret) }
+    }
+
+    /// The node id: the Ed25519 public key.
+    pub fn node_id(&self) -> NodeId {
+        NodeId(self.key.verifying_key().to_bytes())
+    }
+
+    /// The signature a HELLO carries on the connection whose Noise handshake hash is `handshake_hash`.
+    pub fn sign_hello(&self, handshake_hash: &[u8; 32]) -> [u8; SIGNATURE_LEN] {
+        self.key.sign(&hello_message(handshake_hash)).to_bytes()
+    }
+
+    /// Reads the identity kept at `path`, creating it (mode 0600) on first use.
+    /// A file of the wrong size or readable by others is an error, not replaced.
+    pub fn load_or_create(path: &Path) -> io::Result<Identity> {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let mode = std::fs::metadata(path)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    return Err(io::Error::other(format!(
+                        "identity file {} is readable by others (mode {:o}); chmod 600 it",
+                        path.display(),
+                        mode & 0o777
+                    )));
+                }
+                let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                    io::Error::other(format!(
+                        "identity file {} is {} bytes, not 32: not a pex identity",
+                        path.display(),
+                        bytes.len()
+                    ))
+                })?;
+                Ok(Identity::from_secret(secret))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let id = Identity::generate();
+                // Written under a temporary name and renamed: a crash never leaves half a key.
+                let tmp = path.with_extension("tmp");
+                let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+                f.write_all(&id.key.to_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, path)?;
+                Ok(id)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The bytes a HELLO signature signs: [`HELLO_CONTEXT`] then the handshake hash.
+fn hello_message(handshake_hash: &[u8; 32]) -> [u8; 43] {
+    let mut m = [0u8; 43];
+    m[..11].copy_from_slice(HELLO_CONTEXT);
+    m[11..].copy_from_slice(handshake_hash);
+    m
+}
+
+/// Whether `signature` is `node_id`'s HELLO signature for this handshake hash.
+/// Strict verification: no malleable or small-order keys.
+pub fn verify_hello(node_id: &NodeId, handshake_hash: &[u8; 32], signature: &[u8; SIGNATURE_LEN]) -> bool {
+    let Ok(key) = VerifyingKey::from_bytes(&node_id.0) else {
+        return false;
+    };
+    key.verify_strict(&hello_message(handshake_hash), &Signature::from_bytes(signature)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hello_signature_verifies_only_for_its_id_and_handshake() {
+        let (a, b) = (Identity::from_secret([1; 32]), Identity::from_secret([2; 32]));
+        let hh = [7u8; 32];
+        let sig = a.sign_hello(&hh);
+        assert!(verify_hello(&a.node_id(), &hh, &sig));
+        assert!(!verify_hello(&b.node_id(), &hh, &sig), "another id");
+        assert!(!verify_hello(&a.node_id(), &[8u8; 32], &sig), "another connection");
+        let mut bad = sig;
+        bad[0] ^= 1;
+        assert!(!verify_hello(&a.node_id(), &hh, &bad), "a flipped bit");
+        assert!(!verify_hello(&NodeId([0xFF; 32]), &hh, &sig), "not a curve point");
+    }
+
+    #[test]
+    fn the_identity_file_is_created_private_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity");
+        let a = Identity::load_or_create(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(&path).unwrap().len(), 32);
+        let b = Identity::load_or_create(&path).unwrap();
+        assert_eq!(a.node_id(), b.node_id());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Identity::load_or_create(&path).unwrap_err().to_string().contains("readable by others"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&path, b"short").unwrap();
+        assert!(Identity::load_or_create(&path).unwrap_err().to_string().contains("not 32"));
+    }
+}
