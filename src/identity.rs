@@ -76,7 +76,8 @@ impl Identity {
                 let id = Identity::generate();
                 // Written under a temporary name and renamed: a crash never leaves half a key.
                 let tmp = path.with_extension("tmp");
-                let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+                let mut f =
+                    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
                 f.write_all(&id.key.to_bytes())?;
                 f.sync_all()?;
                 std::fs::rename(&tmp, path)?;

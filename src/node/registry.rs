@@ -215,18 +215,46 @@ mod tests {
         let id = NodeId([7; 32]);
         let addr: SocketAddr = "[fd00::7]:9000".parse().unwrap();
         let make = |conn_id, stats| PeerConn::detached_with(conn_id, id, stats).0;
-        let first = reg.register(id, addr, make).expect("the first connection is registered");
-        assert!(reg.register(id, addr, make).is_none(), "a second connection to the same node id is refused");
+        let (out, inb) = (Direction::Outbound, Direction::Outbound);
+        let (first, _) = reg.register(id, out, out, addr, make).expect("the first connection is registered");
+        assert!(
+            reg.register(id, inb, out, addr, make).is_none(),
+            "a second connection in the same direction is refused"
+        );
         assert!(reg.has_node(&id) && reg.has_addr(&first.addr) && reg.len() == 1);
         first.stats.uploaded.fetch_add(5, Ordering::Relaxed);
         reg.remove(&first);
         assert_eq!(reg.len(), 0);
         assert!(!reg.has_node(&id));
         // The same node id again: allowed, with a new connection id, and its byte counters carry on.
-        let again = reg.register(id, addr, make).expect("reconnecting is allowed");
+        let (again, _) = reg.register(id, out, out, addr, make).expect("reconnecting is allowed");
         assert_ne!(again.conn_id, first.conn_id);
         assert_eq!(reg.history().len(), 1);
         assert_eq!(reg.history()[0].1.uploaded.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn of_two_connections_the_one_in_the_kept_direction_stays() {
+        let reg = Registry::default();
+        let id = NodeId([7; 32]);
+        let addr: SocketAddr = "[fd00::7]:9000".parse().unwrap();
+        let (out, inb) = (Direction::Outbound, Direction::Inbound);
+        let inbound = |conn_id, stats| {
+            let (mut c, _) = PeerConn::detached_with(conn_id, id, stats);
+            c.direction = Direction::Inbound;
+            c
+        };
+        let outbound = |conn_id, stats| PeerConn::detached_with(conn_id, id, stats).0;
+        let (first, _) = reg.register(id, inb, out, addr, inbound).unwrap();
+        assert!(reg.register(id, inb, out, addr, inbound).is_none(), "same direction: the older stays");
+        let (kept, displaced) = reg.register(id, out, out, addr, outbound).expect("the kept direction wins");
+        assert_eq!(displaced.unwrap().conn_id, first.conn_id);
+        assert_eq!(reg.len(), 1);
+        reg.remove(&first);
+        assert!(reg.has_node(&id), "removing the displaced one leaves the kept one registered");
+        assert!(reg.register(id, inb, out, addr, inbound).is_none(), "the other direction never displaces it");
+        reg.remove(&kept);
+        assert!(!reg.has_node(&id));
     }
 
     #[test]

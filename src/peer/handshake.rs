@@ -83,6 +83,11 @@ impl Handshaken {
         linger_close(&mut self.writer, &mut self.reader, Some(Frame::reject(code, reason))).await;
     }
 
+    /// The encrypted frame reader and writer, for tools and tests that go on by hand.
+    pub fn into_parts(self) -> (FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>) {
+        (self.reader, self.writer)
+    }
+
     /// Closes without a REJECT (the peer is not the node we meant to reach).
     pub async fn refuse_silently(mut self) {
         linger_close(&mut self.writer, &mut self.reader, None).await;
@@ -112,9 +117,11 @@ impl Handshaken {
     }
 }
 
-/// The Noise handshake within `step`, as initiator when we dialled. A v1 peer
-/// dialling us gets the plaintext v1 REJECT(3) explaining that we speak pex/2.
-async fn secure(
+/// The Noise handshake within `step`, as initiator when we dialled; returns
+/// the encrypted frame reader and writer and the handshake hash (what HELLO
+/// signs). A v1 peer dialling us gets the plaintext v1 REJECT(3) explaining
+/// that we speak pex/2. Public for tools and tests that speak frames by hand.
+pub async fn secure(
     mut stream: TcpStream,
     direction: Direction,
     local: &Local,
@@ -131,9 +138,7 @@ async fn secure(
             }
             return Err(PeerError::OldProtocol);
         }
-        Ok(Err(NoiseError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(PeerError::Closed)
-        }
+        Ok(Err(NoiseError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(PeerError::Closed),
         Ok(Err(NoiseError::Io(e))) => return Err(PeerError::Io(e)),
         Ok(Err(e)) => return Err(PeerError::Protocol(e.to_string())),
     };
@@ -194,7 +199,14 @@ pub async fn handshake(
 
 /// Refuses an inbound connection that never got going (peer limit, shutting
 /// down): the Noise handshake, then a REJECT as the only frame, then a gentle close.
-pub async fn refuse(stream: TcpStream, local: &Local, step: Duration, code: RejectCode, retry_after: u16, reason: &str) {
+pub async fn refuse(
+    stream: TcpStream,
+    local: &Local,
+    step: Duration,
+    code: RejectCode,
+    retry_after: u16,
+    reason: &str,
+) {
     if let Ok((mut reader, mut writer, _)) = secure(stream, Direction::Inbound, local, step).await {
         linger_close(&mut writer, &mut reader, Some(Frame::reject_retry(code, retry_after, reason))).await;
     }

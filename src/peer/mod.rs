@@ -10,7 +10,7 @@
 mod handshake;
 mod tasks;
 
-pub use handshake::{dial, handshake, refuse, Handshaken, Local};
+pub use handshake::{dial, handshake, refuse, secure, Handshaken, Local};
 
 use crate::hash::{Hash, NodeId};
 use crate::lock;

@@ -1,10 +1,12 @@
 //! One connection against a fake owner, over real sockets on [::1].
 
 use super::*;
+use crate::connection::{FrameReader, FrameWriter};
+use crate::identity::Identity;
 use crate::timeouts::Timeouts;
-use crate::wire::{Frame, Hello};
-use std::io::{Read, Write};
-use tokio::net::TcpListener;
+use crate::wire::Frame;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 
 /// An owner that holds nothing and remembers how the connection ended.
@@ -20,8 +22,8 @@ impl Handler for Fake {
         self.blob_calls.fetch_add(1, Ordering::Relaxed);
         None
     }
-    fn on_peers(&self, _: &Arc<PeerConn>, _: Vec<SocketAddr>) {}
-    fn on_bitfield(&self, _: &Arc<PeerConn>, _: Hash, _: Bytes) -> Result<(), PeerError> {
+    fn on_peers(&self, _: &Arc<PeerConn>, _: Vec<PeerEntry>) {}
+    fn on_bitfield(&self, _: &Arc<PeerConn>, _: Hash, _: u32, _: Bytes) -> Result<(), PeerError> {
         Ok(())
     }
     fn on_have(&self, _: &Arc<PeerConn>, _: Hash, _: u32) -> Result<(), PeerError> {
@@ -46,8 +48,7 @@ async fn serve_one(fake: Arc<Fake>) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (stream, peer) = listener.accept().await.unwrap();
-        let ours = Hello { node_id: NodeId([9; 32]), listen_port: 0 };
-        let hs = handshake(stream, peer, Direction::Inbound, ours, Duration::from_secs(10)).await.unwrap();
+        let hs = handshake(stream, peer, Direction::Inbound, &local(9), Duration::from_secs(10)).await.unwrap();
         let (conn, outbox) = PeerConn::new(1, &hs, Arc::new(PeerStats::new(peer)), CancellationToken::new());
         let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
         hs.start(Arc::new(conn), outbox, fake, &Timeouts::default(), permit).await;
@@ -55,14 +56,19 @@ async fn serve_one(fake: Arc<Fake>) -> SocketAddr {
     addr
 }
 
-/// A blocking client that has exchanged HELLOs.
-fn client(addr: SocketAddr) -> std::net::TcpStream {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(&Frame::Hello(Hello { node_id: NodeId([1; 32]), listen_port: 0 }).to_bytes()).unwrap();
-    let mut hello = [0u8; 4 + 1 + crate::wire::HELLO_LEN];
-    s.read_exact(&mut hello).unwrap();
-    s
+fn local(seed: u8) -> Local {
+    Local {
+        identity: Identity::from_secret([seed; 32]),
+        keys: crate::noise::Keys::generate(),
+        listen_port: 0,
+        flags: 0,
+    }
+}
+
+/// A client that has exchanged HELLOs.
+async fn client(addr: SocketAddr) -> (FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>) {
+    let s = TcpStream::connect(addr).await.unwrap();
+    handshake(s, addr, Direction::Outbound, &local(1), Duration::from_secs(10)).await.unwrap().into_parts()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,24 +76,20 @@ async fn a_peer_that_asks_and_never_reads_is_stopped_by_back_pressure() {
     let fake = Arc::new(Fake::default());
     let addr = serve_one(fake.clone()).await;
     const ASKS: usize = 2_000_000;
-    let written = tokio::task::spawn_blocking(move || {
-        let mut s = client(addr);
-        s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
-        let batch: Vec<u8> = (0..1000u32)
-            .flat_map(|i| {
-                let mut h = [0u8; 32];
-                h[..4].copy_from_slice(&i.to_be_bytes());
-                Frame::Ask(Hash(h)).to_bytes().to_vec()
-            })
-            .collect();
-        let mut written = 0;
-        while written < ASKS && s.write_all(&batch).is_ok() {
-            written += 1000;
+    let (_r, mut w) = client(addr).await;
+    let mut written = 0;
+    let mut i = 0u32;
+    // The node stops reading: a write then makes no progress for 3 s.
+    while written < ASKS {
+        let mut h = [0u8; 32];
+        h[..4].copy_from_slice(&i.to_be_bytes());
+        i += 1;
+        if w.write_frame_within(&Frame::Ask(Hash(h)), None, Some(Duration::from_secs(3))).await.is_err() {
+            break;
         }
-        (written, s)
-    })
-    .await
-    .unwrap();
+        written += 1;
+    }
+    let written = (written, ());
     // 2 M answers would be 74 MB of DONT_HAVE; only what fits in the socket
     // buffers and the ASK queue may be answered before the client reads.
     assert!(written.0 < ASKS, "the node kept reading ASKs it could not answer");
@@ -100,8 +102,8 @@ async fn a_reject_from_the_peer_ends_the_connection_badly() {
     let fake = Arc::new(Fake::default());
     let addr = serve_one(fake.clone()).await;
     let closed = fake.closed.notified();
-    let mut s = tokio::task::spawn_blocking(move || client(addr)).await.unwrap();
-    s.write_all(&Frame::reject(crate::wire::RejectCode::PeerLimit, "full").to_bytes()).unwrap();
+    let (_r, mut w) = client(addr).await;
+    w.write_frame(&Frame::reject(crate::wire::RejectCode::PeerLimit, "full"), None).await.unwrap();
     tokio::time::timeout(Duration::from_secs(30), closed).await.expect("the connection did not end");
     let ending = lock(&fake.ending).clone().unwrap();
     assert!(ending.contains("Rejected") && ending.contains("code: 2"), "{ending}");

@@ -34,7 +34,7 @@ fn bad_endings_back_off_exponentially_and_a_good_one_resets() {
     t.add(addr(1), true);
     let mut last = Duration::ZERO;
     for i in 0..8 {
-        t.verified(addr(1), NodeId([1; 32]));
+        t.verified(addr(1), NodeId([1; 32]), true);
         t.ended(addr(1), Some("protocol violation".into()));
         let wait = t.get(&addr(1)).unwrap().next_try.saturating_duration_since(Instant::now());
         let base = BACKOFF_START.saturating_mul(1 << i).min(BACKOFF_MAX);
@@ -55,14 +55,14 @@ fn addr(i: u32) -> SocketAddr {
 fn table_stays_bounded_and_keeps_verified_and_pinned_peers() {
     let mut t = PeerTable::default();
     t.add(addr(0), true);
-    t.verified(addr(1), NodeId([1; 32]));
+    t.verified(addr(1), NodeId([1; 32]), true);
     for i in 2..(MAX_KNOWN_PEERS as u32 + 500) {
         t.add(addr(i), false);
     }
     assert_eq!(t.len(), MAX_KNOWN_PEERS);
     assert!(t.get(&addr(0)).is_some() && t.get(&addr(1)).is_some());
     // A full table still makes room for a verified address and a pinned one.
-    t.verified(addr(9_999), NodeId([9; 32]));
+    t.verified(addr(9_999), NodeId([9; 32]), true);
     t.add(addr(10_000), true);
     assert!(t.get(&addr(9_999)).is_some() && t.get(&addr(10_000)).is_some());
     assert_eq!(t.len(), MAX_KNOWN_PEERS);
@@ -78,8 +78,8 @@ fn table_stays_bounded_and_keeps_verified_and_pinned_peers() {
 fn only_verified_peers_are_shared_and_failures_back_off() {
     let mut t = PeerTable::default();
     t.add(addr(1), false);
-    t.verified(addr(2), NodeId([2; 32]));
-    assert_eq!(t.shareable(50, None), vec![addr(2)]);
+    t.verified(addr(2), NodeId([2; 32]), true);
+    assert_eq!(addrs(&t, 50, None), vec![addr(2)]);
     let now = Instant::now();
     assert_eq!(t.due(now, true).len(), 2);
     assert_eq!(t.due(now, false).len(), 0, "without pex only pinned peers are dialled");
@@ -124,10 +124,10 @@ fn a_pinned_address_evicts_a_never_verified_entry_before_any_verified_one() {
     let mut t = PeerTable::default();
     let max = MAX_KNOWN_PEERS as u32;
     // addr(1) is the worst verified entry: first contacted, three failures.
-    t.verified(addr(1), id(1));
+    t.verified(addr(1), id(1), true);
     tick();
     for i in 2..max {
-        t.verified(addr(i), id(2));
+        t.verified(addr(i), id(2), true);
     }
     for _ in 0..3 {
         t.failed(addr(1), "refused".into());
@@ -149,10 +149,10 @@ fn eviction_takes_the_entry_with_most_failures_then_the_longest_since_contact() 
     // addr(0) entered last but was contacted first.
     learn(&mut t, 1..max);
     t.add(addr(0), false);
-    t.verified(addr(0), id(1));
+    t.verified(addr(0), id(1), true);
     tick();
     for i in 1..max {
-        t.verified(addr(i), id(2));
+        t.verified(addr(i), id(2), true);
     }
     // addr(7), contacted recently, failed once.
     t.failed(addr(7), "refused".into());
@@ -178,13 +178,13 @@ fn pinned_entries_are_never_evicted() {
         t.failed(addr(0), "refused".into());
     }
     // The only unpinned entry is verified and has never failed.
-    t.verified(addr(max), id(1));
+    t.verified(addr(max), id(1), true);
     t.add(addr(max + 1), true);
     assert!(t.get(&addr(max)).is_none(), "the only unpinned entry made room");
     assert!((0..max - 1).all(|i| t.get(&addr(i)).is_some()));
     // All pinned now: nothing can make room.
     t.add(addr(max + 2), true);
-    t.verified(addr(max + 3), id(3));
+    t.verified(addr(max + 3), id(3), true);
     assert!(t.get(&addr(max + 2)).is_none() && t.get(&addr(max + 3)).is_none());
     assert_eq!(t.len(), MAX_KNOWN_PEERS);
     assert!((0..max - 1).all(|i| t.get(&addr(i)).is_some()));
@@ -195,9 +195,9 @@ fn a_verified_address_makes_room_in_a_full_table_and_so_does_one_found_to_be_sel
     let mut t = PeerTable::default();
     let max = MAX_KNOWN_PEERS as u32;
     learn(&mut t, 0..max);
-    assert!(t.verified(addr(max), id(1)));
+    assert!(t.verified(addr(max), id(1), true));
     assert!(t.get(&addr(max)).is_some_and(|e| e.verified));
-    assert_eq!(t.shareable(50, None), vec![addr(max)]);
+    assert_eq!(addrs(&t, 50, None), vec![addr(max)]);
     // An address that turned out to be ourselves is remembered, never to be dialled again.
     t.mark_self(addr(max + 1));
     assert!(t.get(&addr(max + 1)).is_some_and(|e| e.is_self));
@@ -221,7 +221,7 @@ fn prune_forgets_only_learned_never_verified_addresses_after_4_failures() {
     fail(&mut t, 5, 9);
     t.add(addr(10), true);
     fail(&mut t, 10, 9);
-    t.verified(addr(11), id(11));
+    t.verified(addr(11), id(11), true);
     fail(&mut t, 11, 9);
     t.mark_self(addr(12));
     fail(&mut t, 12, 9);
@@ -281,54 +281,54 @@ fn only_verified_addresses_are_shared_newest_contact_first_at_most_max() {
     let mut t = PeerTable::default();
     t.add(addr(1), false);
     t.add(addr(2), true);
-    t.verified(addr(10), id(10));
+    t.verified(addr(10), id(10), true);
     tick();
-    t.verified(addr(11), id(11));
+    t.verified(addr(11), id(11), true);
     tick();
-    t.verified(addr(12), id(12));
-    assert_eq!(t.shareable(50, None), vec![addr(12), addr(11), addr(10)]);
-    assert_eq!(t.shareable(2, None), vec![addr(12), addr(11)]);
-    assert_eq!(t.shareable(0, None), Vec::<SocketAddr>::new());
+    t.verified(addr(12), id(12), true);
+    assert_eq!(addrs(&t, 50, None), vec![addr(12), addr(11), addr(10)]);
+    assert_eq!(addrs(&t, 2, None), vec![addr(12), addr(11)]);
+    assert_eq!(addrs(&t, 0, None), Vec::<SocketAddr>::new());
     tick();
-    t.verified(addr(10), id(10));
-    assert_eq!(t.shareable(50, None), vec![addr(10), addr(12), addr(11)], "a new contact moves it up");
+    t.verified(addr(10), id(10), true);
+    assert_eq!(addrs(&t, 50, None), vec![addr(10), addr(12), addr(11)], "a new contact moves it up");
 }
 
 #[test]
 fn addresses_of_ourselves_or_failing_3_times_are_not_shared() {
     let mut t = PeerTable::default();
-    t.verified(addr(1), id(1));
+    t.verified(addr(1), id(1), true);
     t.failed(addr(1), "refused".into());
     t.failed(addr(1), "refused".into());
-    assert_eq!(t.shareable(50, None), vec![addr(1)], "2 failures: still shared");
+    assert_eq!(addrs(&t, 50, None), vec![addr(1)], "2 failures: still shared");
     t.failed(addr(1), "refused".into());
-    assert!(t.shareable(50, None).is_empty(), "3 failures: not shared");
+    assert!(addrs(&t, 50, None).is_empty(), "3 failures: not shared");
     t.ended(addr(1), None);
-    assert_eq!(t.shareable(50, None), vec![addr(1)], "a good ending forgets the failures");
+    assert_eq!(addrs(&t, 50, None), vec![addr(1)], "a good ending forgets the failures");
     // Ourselves, even if a HELLO completed there.
-    t.verified(addr(2), id(2));
+    t.verified(addr(2), id(2), true);
     t.mark_self(addr(2));
-    assert_eq!(t.shareable(50, None), vec![addr(1)]);
-    t.verified(addr(2), id(2));
-    assert_eq!(t.shareable(50, None), vec![addr(1)]);
+    assert_eq!(addrs(&t, 50, None), vec![addr(1)]);
+    t.verified(addr(2), id(2), true);
+    assert_eq!(addrs(&t, 50, None), vec![addr(1)]);
 }
 
 #[test]
 fn shareable_since_keeps_addresses_added_or_verified_after_it() {
     let mut t = PeerTable::default();
-    t.verified(addr(1), id(1));
+    t.verified(addr(1), id(1), true);
     tick();
-    t.verified(addr(2), id(2));
+    t.verified(addr(2), id(2), true);
     let since = t.get(&addr(2)).unwrap().last_seen.unwrap();
-    assert!(t.shareable(50, Some(since)).is_empty(), "nothing strictly after {since:?}");
+    assert!(addrs(&t, 50, Some(since)).is_empty(), "nothing strictly after {since:?}");
     tick();
-    t.verified(addr(3), id(3));
-    assert_eq!(t.shareable(50, Some(since)), vec![addr(3)]);
+    t.verified(addr(3), id(3), true);
+    assert_eq!(addrs(&t, 50, Some(since)), vec![addr(3)]);
     tick();
-    t.verified(addr(1), id(1));
-    assert_eq!(t.shareable(50, Some(since)), vec![addr(1), addr(3)], "re-verified counts as new");
-    assert_eq!(t.shareable(1, Some(since)), vec![addr(1)]);
-    assert_eq!(t.shareable(50, None).len(), 3);
+    t.verified(addr(1), id(1), true);
+    assert_eq!(addrs(&t, 50, Some(since)), vec![addr(1), addr(3)], "re-verified counts as new");
+    assert_eq!(addrs(&t, 1, Some(since)), vec![addr(1)]);
+    assert_eq!(addrs(&t, 50, None).len(), 3);
 }
 
 #[test]
@@ -376,8 +376,8 @@ fn a_completed_hello_does_not_reset_the_backoff_but_a_good_ending_does() {
         t.failed(addr(1), "refused".into());
     }
     let next = t.get(&addr(1)).unwrap().next_try;
-    assert!(t.verified(addr(1), id(1)), "verified the first time");
-    assert!(!t.verified(addr(1), id(1)), "not the second");
+    assert!(t.verified(addr(1), id(1), true), "verified the first time");
+    assert!(!t.verified(addr(1), id(1), true), "not the second");
     let e = t.get(&addr(1)).unwrap();
     assert_eq!((e.failures, e.next_try), (3, next), "a HELLO alone resets nothing");
     assert_eq!(e.last_error, None);
@@ -428,7 +428,7 @@ fn undialable_names_the_reason_for_every_kind_of_address() {
         let mut t = PeerTable::default();
         t.add(a, true);
         t.add(a, false);
-        t.verified(a, id(1));
+        t.verified(a, id(1), true);
         t.mark_self(a);
         assert!(t.is_empty(), "{bad} entered the table");
         assert!(t.due(Instant::now() + Duration::from_secs(60), true).is_empty());
@@ -456,12 +456,12 @@ fn undialable_names_the_reason_for_every_kind_of_address() {
 fn an_address_found_to_be_ourselves_is_never_dialled_or_shared() {
     let mut t = PeerTable::default();
     t.add(addr(1), true);
-    t.verified(addr(1), id(1));
-    assert_eq!(t.shareable(50, None), vec![addr(1)]);
+    t.verified(addr(1), id(1), true);
+    assert_eq!(addrs(&t, 50, None), vec![addr(1)]);
     t.mark_self(addr(1));
     let e = t.get(&addr(1)).unwrap();
     assert!(e.is_self && !e.verified && e.pinned);
-    assert!(t.shareable(50, None).is_empty());
+    assert!(addrs(&t, 50, None).is_empty());
     // Learning it again changes nothing.
     t.add(addr(1), false);
     t.add(addr(1), true);
@@ -475,7 +475,7 @@ fn an_address_found_to_be_ourselves_is_never_dialled_or_shared() {
 fn removed_addresses_are_forgotten() {
     let mut t = PeerTable::default();
     t.add(addr(1), true);
-    t.verified(addr(2), id(2));
+    t.verified(addr(2), id(2), true);
     t.add(addr(3), false);
     t.remove(&addr(1));
     t.remove(&addr(2));
@@ -483,7 +483,7 @@ fn removed_addresses_are_forgotten() {
     assert_eq!(t.len(), 1);
     assert!(t.get(&addr(1)).is_none() && t.get(&addr(2)).is_none());
     assert_eq!(t.due(Instant::now(), true), vec![addr(3)]);
-    assert!(t.shareable(50, None).is_empty());
+    assert!(addrs(&t, 50, None).is_empty());
     t.remove(&addr(3));
     assert!(t.is_empty());
     // Coming back, it starts afresh.
@@ -500,8 +500,41 @@ fn adding_a_known_address_may_pin_it_but_never_unpins_it() {
     assert!(t.get(&addr(1)).unwrap().pinned);
     t.add(addr(1), true);
     t.add(addr(1), false);
-    t.verified(addr(1), id(1));
+    t.verified(addr(1), id(1), true);
     assert!(t.get(&addr(1)).unwrap().pinned);
     assert_eq!(t.len(), 1);
     assert_eq!(t.due(Instant::now(), false), vec![addr(1)]);
+}
+
+/// The addresses [`PeerTable::shareable`] gives, without their node ids.
+fn addrs(t: &PeerTable, max: usize, since: Option<Instant>) -> Vec<SocketAddr> {
+    t.shareable(max, since).into_iter().map(|(a, _)| a).collect()
+}
+
+#[test]
+fn only_nodes_that_allow_it_are_shared_and_with_their_ids() {
+    let mut t = PeerTable::default();
+    t.verified(addr(1), id(1), true);
+    t.verified(addr(2), id(2), false);
+    assert_eq!(t.shareable(50, None), vec![(addr(1), id(1))]);
+}
+
+#[test]
+fn a_pin_from_the_user_replaces_a_learned_one_and_retry_after_is_honoured() {
+    let mut t = PeerTable::default();
+    t.add(addr(1), false);
+    t.expect(addr(1), id(1), false);
+    t.expect(addr(1), id(2), false);
+    assert_eq!(t.get(&addr(1)).unwrap().expected, Some(id(1)), "a learned pin fills only an empty one");
+    t.expect(addr(1), id(3), true);
+    assert_eq!(t.get(&addr(1)).unwrap().expected, Some(id(3)));
+    let now = Instant::now();
+    t.retry_after(addr(1), 30);
+    assert!(t.get(&addr(1)).unwrap().next_try >= now + std::time::Duration::from_secs(30));
+    assert!(t.due(now + std::time::Duration::from_secs(29), true).is_empty());
+    t.retry_after(addr(1), 0);
+    assert!(t.get(&addr(1)).is_none(), "0: a learned address is forgotten");
+    t.add(addr(2), true);
+    t.retry_after(addr(2), 0);
+    assert!(t.get(&addr(2)).is_some(), "one the user gave is kept");
 }

@@ -1,5 +1,5 @@
 //! Wire protocol v2 frames: the layout and a pure codec (no sockets, no
-//! tokio, no cryptography: [`crate::noise`] carries these frames encrypted).
+//! tokio, no cryptography: the `noise` module above carries these frames encrypted).
 //!
 //! Every frame is a 4-byte big-endian length `L`, then `L` bytes. `L = 0` is a
 //! keep-alive; otherwise the first byte is the message type and the rest its
@@ -478,8 +478,8 @@ pub fn decode_body(kind: u8, mut body: Bytes) -> Result<Frame, FrameError> {
             let root = hash_at(&body);
             let first = u32::from_be_bytes([body[32], body[33], body[34], body[35]]);
             body.advance(BITFIELD_HEAD);
-            // The last bit must name a piece index that fits in u32.
-            if !body.is_empty() && first as u64 + (body.len() as u64 - 1) * 8 > u32::MAX as u64 {
+            // Every bit, spare ones included, must stand for a u32 piece index.
+            if first as u64 + body.len() as u64 * 8 > 1 << 32 {
                 return Err(FrameError::BitfieldRange { first, bytes: body.len() });
             }
             Frame::Bitfield { root, first, bits: body }

@@ -1,6 +1,10 @@
 //! The wire rules, each pinned by a test.
 use super::*;
 
+fn entry(id: u8, addr: &str) -> PeerEntry {
+    PeerEntry { node_id: NodeId([id; 32]), addr: addr.parse().unwrap() }
+}
+
 fn round_trip(frame: Frame) {
     let mut buf = BytesMut::new();
     frame.encode(&mut buf);
@@ -18,15 +22,17 @@ fn every_message_round_trips() {
     round_trip(Frame::Give { hash: Hash::of(b""), data: Bytes::new() });
     round_trip(Frame::Give { hash: h, data: Bytes::from(vec![7u8; MAX_BLOB_LEN]) });
     round_trip(Frame::Peers(vec![]));
-    round_trip(Frame::Peers(vec!["[::1]:9000".parse().unwrap(), "127.0.0.1:6881".parse().unwrap()]));
-    round_trip(Frame::Hello(Hello { node_id: NodeId([9; 32]), listen_port: 0 }));
+    round_trip(Frame::Peers(vec![entry(1, "[::1]:9000"), entry(2, "127.0.0.1:6881")]));
+    round_trip(Frame::Hello(Hello { node_id: NodeId([9; 32]), listen_port: 0, flags: 1, signature: [7; 64] }));
     round_trip(Frame::DontHave(h));
-    round_trip(Frame::Bitfield { root: h, bits: Bytes::new() });
-    round_trip(Frame::Bitfield { root: h, bits: Bytes::from_static(&[0xa0, 0x40]) });
+    round_trip(Frame::Bitfield { root: h, first: 0, bits: Bytes::new() });
+    round_trip(Frame::Bitfield { root: h, first: 0, bits: Bytes::from_static(&[0xa0, 0x40]) });
     round_trip(Frame::Have { root: h, index: u32::MAX });
     round_trip(Frame::reject(RejectCode::PeerLimit, "full"));
-    round_trip(Frame::Reject { code: 99, reason: String::new() });
+    round_trip(Frame::Reject { code: 99, retry_after: 0, reason: String::new() });
     round_trip(Frame::Cancel(h));
+    round_trip(Frame::Bitfield { root: h, first: 8, bits: Bytes::from_static(&[0x01]) });
+    round_trip(Frame::reject_retry(RejectCode::PeerLimit, 30, "full"));
     round_trip(Frame::Unknown { kind: 200, body: Bytes::from_static(b"future") });
 }
 
@@ -50,7 +56,16 @@ fn oversized_length_is_refused_from_the_prefix_alone() {
 
 #[test]
 fn wrong_body_lengths_are_violations() {
-    for (kind, len) in [(kind::ASK, 31), (kind::ASK, 33), (kind::HAVE, 35), (kind::HELLO, 37), (kind::GIVE, 31)] {
+    for (kind, len) in [
+        (kind::ASK, 31),
+        (kind::ASK, 33),
+        (kind::HAVE, 35),
+        (kind::HELLO, 102),
+        (kind::HELLO, 104),
+        (kind::BITFIELD, 35),
+        (kind::REJECT, 2),
+        (kind::GIVE, 31),
+    ] {
         let mut buf = BytesMut::new();
         buf.put_u32(1 + len as u32);
         buf.put_u8(kind);
@@ -58,14 +73,15 @@ fn wrong_body_lengths_are_violations() {
         assert!(matches!(decode(&mut buf), Err(FrameError::BadLength { .. })), "kind {kind} len {len}");
     }
     let mut too_many = BytesMut::new();
-    too_many.put_u32(1 + 51 * 18);
+    too_many.put_u32(1 + 51 * 50);
     too_many.put_u8(kind::PEERS);
-    too_many.put_bytes(0, 51 * 18);
+    too_many.put_bytes(0, 51 * 50);
     assert!(decode(&mut too_many).is_err());
     let mut long_reason = BytesMut::new();
-    long_reason.put_u32(1 + 1 + 201);
+    long_reason.put_u32(1 + 3 + 201);
     long_reason.put_u8(kind::REJECT);
     long_reason.put_u8(1);
+    long_reason.put_u16(0);
     long_reason.put_bytes(b'a', 201);
     assert!(decode(&mut long_reason).is_err());
 }
@@ -85,13 +101,13 @@ fn one_of_each() -> Vec<Frame> {
         Frame::Give { hash: Hash::of(b""), data: Bytes::new() },
         Frame::Give { hash: h, data: Bytes::from_static(b"hello, swarm\n") },
         Frame::Peers(vec![]),
-        Frame::Peers(vec!["[::1]:9000".parse().unwrap(), "127.0.0.1:6881".parse().unwrap()]),
-        Frame::Hello(Hello { node_id: NodeId([3; 32]), listen_port: 9000 }),
+        Frame::Peers(vec![entry(1, "[::1]:9000"), entry(2, "127.0.0.1:6881")]),
+        Frame::Hello(Hello { node_id: NodeId([3; 32]), listen_port: 9000, flags: 1, signature: [7; 64] }),
         Frame::DontHave(h),
-        Frame::Bitfield { root: h, bits: Bytes::from_static(&[0xa0, 0x40]) },
+        Frame::Bitfield { root: h, first: 0, bits: Bytes::from_static(&[0xa0, 0x40]) },
         Frame::Have { root: h, index: 70_000 },
-        Frame::Reject { code: 2, reason: "peer limit reached".into() },
-        Frame::Reject { code: 9, reason: String::new() },
+        Frame::Reject { code: 2, retry_after: 0, reason: "peer limit reached".into() },
+        Frame::Reject { code: 9, retry_after: 0, reason: String::new() },
         Frame::Cancel(h),
         Frame::Unknown { kind: 200, body: Bytes::from_static(b"future") },
         Frame::Unknown { kind: 9, body: Bytes::new() },
@@ -107,11 +123,11 @@ fn every_frame_type_has_its_documented_name() {
         (Frame::Ask(h), "ASK"),
         (Frame::Give { hash: h, data: Bytes::new() }, "GIVE"),
         (Frame::Peers(vec![]), "PEERS"),
-        (Frame::Hello(Hello { node_id: NodeId([0; 32]), listen_port: 0 }), "HELLO"),
+        (Frame::Hello(Hello { node_id: NodeId([0; 32]), listen_port: 0, flags: 1, signature: [7; 64] }), "HELLO"),
         (Frame::DontHave(h), "DONT_HAVE"),
-        (Frame::Bitfield { root: h, bits: Bytes::new() }, "BITFIELD"),
+        (Frame::Bitfield { root: h, first: 0, bits: Bytes::new() }, "BITFIELD"),
         (Frame::Have { root: h, index: 0 }, "HAVE"),
-        (Frame::Reject { code: 1, reason: String::new() }, "REJECT"),
+        (Frame::Reject { code: 1, retry_after: 0, reason: String::new() }, "REJECT"),
         (Frame::Cancel(h), "CANCEL"),
         (Frame::Unknown { kind: 9, body: Bytes::new() }, "UNKNOWN"),
     ];
@@ -127,11 +143,11 @@ fn the_type_bytes_are_the_documented_ones() {
         (Frame::Ask(Hash::default()), 0),
         (Frame::Give { hash: Hash::default(), data: Bytes::new() }, 1),
         (Frame::Peers(vec![]), 2),
-        (Frame::Hello(Hello { node_id: NodeId::default(), listen_port: 0 }), 3),
+        (Frame::Hello(Hello { node_id: NodeId::default(), listen_port: 0, flags: 1, signature: [7; 64] }), 3),
         (Frame::DontHave(Hash::default()), 4),
-        (Frame::Bitfield { root: Hash::default(), bits: Bytes::new() }, 5),
+        (Frame::Bitfield { root: Hash::default(), first: 0, bits: Bytes::new() }, 5),
         (Frame::Have { root: Hash::default(), index: 0 }, 6),
-        (Frame::Reject { code: 1, reason: String::new() }, 7),
+        (Frame::Reject { code: 1, retry_after: 0, reason: String::new() }, 7),
         (Frame::Cancel(Hash::default()), 8),
     ];
     for (frame, kind) in types {
@@ -242,4 +258,28 @@ fn decode_body_agrees_with_decode() {
         let bytes = frame.to_bytes();
         assert_eq!(decode_body(bytes[4], bytes.slice(5..)), Ok(frame.clone()), "{}", frame.name());
     }
+}
+
+#[test]
+fn a_bitfield_whose_last_bit_passes_piece_2_pow_32_is_refused() {
+    let at = |first: u32, n: usize| {
+        let mut b = BytesMut::new();
+        b.put_u32((1 + BITFIELD_HEAD + n) as u32);
+        b.put_u8(kind::BITFIELD);
+        b.put_bytes(0, 32);
+        b.put_u32(first);
+        b.put_bytes(0, n);
+        decode(&mut b)
+    };
+    assert!(at(u32::MAX - 7, 1).is_ok(), "bits for pieces 2^32-8 .. 2^32-1");
+    assert_eq!(at(u32::MAX - 6, 1), Err(FrameError::BitfieldRange { first: u32::MAX - 6, bytes: 1 }));
+    assert!(at(u32::MAX, 0).is_ok(), "no bits: nothing past the end");
+}
+
+#[test]
+fn the_v1_answer_is_a_plaintext_v1_reject() {
+    let v = v1_reject(RejectCode::ProtocolViolation, "speaks pex/2");
+    assert_eq!(&v[..6], &[0, 0, 0, 14, 7, 3]);
+    assert_eq!(&v[6..], b"speaks pex/2");
+    assert!(v1_reject(RejectCode::ProtocolViolation, &"x".repeat(300)).len() == 4 + 2 + 200);
 }
