@@ -327,6 +327,16 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// Writes arbitrary bytes as part of the frame stream, sealed like frames
+    /// when the connection is encrypted: for tools and tests that send what
+    /// the codec would never produce.
+    pub async fn write_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.sealing {
+            Some(s) => s.send(&mut self.inner, [Source::Slice(bytes), Source::Slice(&[])], None, None).await,
+            None => self.inner.write_all(bytes).await,
+        }
+    }
+
     /// Flushes and closes the sending direction.
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.inner.shutdown().await

@@ -4,8 +4,10 @@
 use bytes::Bytes;
 use pex::connection::{FrameReader, FrameWriter};
 use pex::datadir::DataDir;
+use pex::identity::Identity;
 use pex::manifest::FileInfo;
-use pex::wire::{Frame, Hello};
+use pex::peer::{self, Direction, Local};
+use pex::wire::{Frame, Hello, PeerEntry};
 use pex::{Config, FetchOptions, Hash, Node, NodeId, Progress, Timeouts};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -71,27 +72,60 @@ pub async fn fetch(
     tokio::time::timeout(PATIENCE, node.fetch(root, opts, tx)).await.expect("fetch took too long")
 }
 
-/// A hand-driven protocol client built on the codec.
+/// What a test client or fake peer presents: `identity`, a fresh Noise key.
+pub fn local(identity: Identity, listen_port: u16) -> Local {
+    Local { identity, keys: pex::noise::Keys::generate(), listen_port, flags: pex::wire::FLAG_SHAREABLE }
+}
+
+/// A hand-driven protocol client built on the codec, over a v2 (Noise) link.
 pub struct Raw {
     pub reader: FrameReader<OwnedReadHalf>,
     pub writer: FrameWriter<OwnedWriteHalf>,
+    /// The Noise handshake hash of this connection: what its HELLO signs.
+    pub hh: [u8; 32],
+    /// Who this client is.
+    pub identity: Identity,
 }
 
 impl Raw {
+    /// Connects and completes the Noise handshake (no HELLO yet), as a new identity.
     pub async fn connect(addr: SocketAddr) -> Raw {
+        Self::connect_as(addr, Identity::generate()).await
+    }
+
+    /// [`Raw::connect`] as `identity`.
+    pub async fn connect_as(addr: SocketAddr, identity: Identity) -> Raw {
         let s = TcpStream::connect(addr).await.unwrap();
-        let (r, w) = s.into_split();
-        Raw { reader: FrameReader::new(r), writer: FrameWriter::new(w) }
+        let me = local(identity.clone(), 0);
+        let (reader, writer, hh) = peer::secure(s, Direction::Outbound, &me, PATIENCE).await.unwrap();
+        Raw { reader, writer, hh, identity }
     }
 
-    /// Connects and completes a HELLO exchange with a random id; returns the node's HELLO.
+    /// A plaintext TCP connection, as a v1 client would open.
+    pub async fn plain(addr: SocketAddr) -> (FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>) {
+        let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
+        (FrameReader::new(r), FrameWriter::new(w))
+    }
+
+    /// This connection's HELLO, signed for it.
+    pub fn hello(&self, listen_port: u16) -> Frame {
+        Frame::Hello(Hello {
+            node_id: self.identity.node_id(),
+            listen_port,
+            flags: 0,
+            signature: self.identity.sign_hello(&self.hh),
+        })
+    }
+
+    /// Connects and completes a HELLO exchange as a new identity; returns the node's HELLO.
     pub async fn handshake(addr: SocketAddr) -> (Raw, Hello) {
-        Self::handshake_as(addr, NodeId::random()).await
+        Self::handshake_as(addr, Identity::generate()).await
     }
 
-    pub async fn handshake_as(addr: SocketAddr, id: NodeId) -> (Raw, Hello) {
-        let mut raw = Raw::connect(addr).await;
-        raw.send(&Frame::Hello(Hello { node_id: id, listen_port: 0 })).await;
+    /// [`Raw::handshake`] as `identity`.
+    pub async fn handshake_as(addr: SocketAddr, identity: Identity) -> (Raw, Hello) {
+        let mut raw = Raw::connect_as(addr, identity).await;
+        raw.send(&raw.hello(0)).await;
         match raw.next().await {
             Some(Frame::Hello(h)) => (raw, h),
             other => panic!("expected HELLO, got {other:?}"),
@@ -102,12 +136,9 @@ impl Raw {
         self.writer.write_frame(f, None).await.unwrap();
     }
 
+    /// Sends bytes the codec would never produce, sealed like frames.
     pub async fn send_bytes(&mut self, b: &[u8]) {
-        let _ = self.writer_inner().write_all(b).await;
-    }
-
-    fn writer_inner(&mut self) -> &mut OwnedWriteHalf {
-        self.writer.get_mut()
+        let _ = self.writer.write_bytes(b).await;
     }
 
     /// Next frame other than keep-alive and PEERS, or None on close.
@@ -149,6 +180,7 @@ pub fn failing_fetch(out: PathBuf, peers: Vec<SocketAddr>) -> FetchOptions {
     FetchOptions {
         output: Some(out),
         peers,
+        expect: Vec::new(),
         connect_timeout: Duration::from_secs(3),
         give_up_after: Duration::from_secs(3),
     }
@@ -184,7 +216,7 @@ pub enum Step {
 pub struct FakePeer {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// The node id in its HELLO.
+    /// The node id in its HELLO (its identity's public key).
     pub id: NodeId,
     /// Connections accepted; with only one node that knows it, that node's dials.
     pub accepted: Arc<AtomicUsize>,
@@ -197,10 +229,10 @@ pub struct FakePeer {
 /// How a [`FakePeer`] behaves; see its methods.
 #[derive(Clone)]
 pub struct FakePeerBuilder {
-    id: NodeId,
+    identity: Identity,
     hello: bool,
     listen_port: Option<u16>,
-    advertise: Vec<SocketAddr>,
+    advertise: Vec<PeerEntry>,
     blobs: HashMap<Hash, Bytes>,
     corrupt: bool,
     silent: bool,
@@ -213,7 +245,7 @@ impl FakePeer {
     #[allow(clippy::new_ret_no_self)]
     pub fn new() -> FakePeerBuilder {
         FakePeerBuilder {
-            id: NodeId::random(),
+            identity: Identity::generate(),
             hello: true,
             listen_port: None,
             advertise: Vec::new(),
@@ -259,13 +291,13 @@ impl Drop for FakePeer {
 }
 
 impl FakePeerBuilder {
-    /// Uses this node id (default: random, the same for every connection).
-    pub fn id(mut self, id: NodeId) -> Self {
-        self.id = id;
+    /// Uses this identity (default: a new one, the same for every connection).
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = identity;
         self
     }
 
-    /// Closes every connection at once, without a HELLO: every dial of it fails.
+    /// Closes every connection at once, before the Noise handshake: every dial of it fails.
     pub fn no_hello(mut self) -> Self {
         self.hello = false;
         self
@@ -277,9 +309,16 @@ impl FakePeerBuilder {
         self
     }
 
-    /// The addresses its handshake PEERS lists (default: none).
+    /// The addresses its handshake PEERS lists (default: none), each with a new node id.
     pub fn advertising(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
-        self.advertise.extend(addrs);
+        self.advertise
+            .extend(addrs.into_iter().map(|addr| PeerEntry { node_id: Identity::generate().node_id(), addr }));
+        self
+    }
+
+    /// The entries its handshake PEERS lists.
+    pub fn advertising_entries(mut self, entries: impl IntoIterator<Item = PeerEntry>) -> Self {
+        self.advertise.extend(entries);
         self
     }
 
@@ -336,7 +375,7 @@ impl FakePeerBuilder {
         let (reject_tx, reject_rx) = mpsc::unbounded_channel();
         let peer = FakePeer {
             addr,
-            id: self.id,
+            id: self.identity.node_id(),
             accepted: Arc::new(AtomicUsize::new(0)),
             accept_times: Arc::new(Mutex::new(Vec::new())),
             handshakes: Arc::new(AtomicUsize::new(0)),
@@ -393,10 +432,12 @@ impl FakeShared {
         if !b.hello {
             return;
         }
-        let (r, w) = stream.into_split();
-        let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w));
+        let me = local(b.identity.clone(), b.listen_port.unwrap_or(self.addr.port()));
+        let Ok((mut reader, mut writer, hh)) = peer::secure(stream, Direction::Inbound, &me, PATIENCE).await else {
+            return;
+        };
         let (out, mut queue) = mpsc::unbounded_channel::<Step>();
-        let hello = Frame::Hello(Hello { node_id: b.id, listen_port: b.listen_port.unwrap_or(self.addr.port()) });
+        let hello = Frame::Hello(me.hello(&hh));
         let peers = Frame::Peers(b.advertise.clone());
         let write = async move {
             for f in [hello, peers] {
@@ -407,7 +448,7 @@ impl FakeShared {
             while let Some(step) = queue.recv().await {
                 let ok = match step {
                     Step::Frame(f) => writer.write_frame(&f, None).await.is_ok(),
-                    Step::Bytes(bytes) => writer.get_mut().write_all(&bytes).await.is_ok(),
+                    Step::Bytes(bytes) => writer.write_bytes(&bytes).await.is_ok(),
                     Step::Close => {
                         let _ = writer.shutdown().await;
                         // Keep the half-closed writer until the reader is done.
@@ -443,7 +484,7 @@ impl FakeShared {
                         None => Frame::DontHave(h),
                     },
                     Frame::Bitfield { root, .. } => match &b.bitfield {
-                        Some((r, bits)) if *r == root => Frame::Bitfield { root, bits: bits.clone() },
+                        Some((r, bits)) if *r == root => Frame::Bitfield { root, first: 0, bits: bits.clone() },
                         _ => continue,
                     },
                     _ => continue,
