@@ -5,10 +5,11 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use pex::connection::{FrameReader, FrameWriter};
+use pex::identity::Identity;
+use pex::peer::{self, Direction};
 use pex::manifest::{FileInfo, PIECE_SIZE};
 use pex::wire::{Frame, Hello, RejectCode};
-use pex::{Config, FetchError, Hash, NodeId};
+use pex::{Config, FetchError, Hash};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -121,10 +122,10 @@ async fn raw_client_handshakes_pipelines_and_gets_dont_have() {
         }
     }
     // BITFIELD is answered with the seeder's: all ten pieces.
-    raw.send(&Frame::Bitfield { root: info.root, bits: Bytes::from_static(&[0, 0]) }).await;
-    assert_eq!(raw.next().await, Some(Frame::Bitfield { root: info.root, bits: Bytes::from_static(&[0xFF, 0xC0]) }));
+    raw.send(&Frame::Bitfield { root: info.root, first: 0, bits: Bytes::from_static(&[0, 0]) }).await;
+    assert_eq!(raw.next().await, Some(Frame::Bitfield { root: info.root, first: 0, bits: Bytes::from_static(&[0xFF, 0xC0]) }));
     // A BITFIELD for a root the node has nothing of gets no answer; the next reply is for the ASK.
-    raw.send(&Frame::Bitfield { root: unknown, bits: Bytes::new() }).await;
+    raw.send(&Frame::Bitfield { root: unknown, first: 0, bits: Bytes::new() }).await;
     raw.send(&Frame::Ask(unknown)).await;
     assert_eq!(raw.next().await, Some(Frame::DontHave(unknown)));
     // HAVE beyond the file's pieces is a violation.
@@ -174,7 +175,7 @@ async fn two_hundred_connections_each_get_hello_or_peer_limit() {
     let mut conns = Vec::new();
     for _ in 0..200 {
         let mut raw = Raw::connect(addr).await;
-        raw.send(&Frame::Hello(Hello { node_id: NodeId::random(), listen_port: 0 })).await;
+        raw.send(&raw.hello(0)).await;
         conns.push(raw);
     }
     let (mut hellos, mut limits) = (0, 0);
@@ -203,17 +204,19 @@ async fn duplicate_ids_self_connections_silence_and_shutdown_are_rejected() {
     let config =
         Config { timeouts: pex::Timeouts { hello: Duration::from_secs(1), ..test_config().timeouts }, ..test_config() };
     let (seeder, _info, addr) = seeder(dir.path(), "f", b"x", config).await;
-    let id = NodeId::random();
-    let (mut first, _) = Raw::handshake_as(addr, id).await;
+    let me = Identity::generate();
+    let (mut first, _) = Raw::handshake_as(addr, me.clone()).await;
     // PEERS is written once the node has registered the connection.
     assert!(matches!(first.next_any().await, Some(Frame::Peers(_))));
-    let mut second = Raw::connect(addr).await;
-    second.send(&Frame::Hello(Hello { node_id: id, listen_port: 0 })).await;
+    // The same node again, in the same direction: the older connection stays.
+    let mut second = Raw::connect_as(addr, me.clone()).await;
+    second.send(&second.hello(0)).await;
     assert_eq!(second.expect_reject().await, Some(RejectCode::Duplicate as u8));
-    // Claiming the node's own id.
+    // Claiming the node's own id cannot be signed without its key: a violation.
     let mut mirror = Raw::connect(addr).await;
-    mirror.send(&Frame::Hello(Hello { node_id: seeder.id(), listen_port: 0 })).await;
-    assert_eq!(mirror.expect_reject().await, Some(RejectCode::SelfConnection as u8));
+    let forged = Hello { node_id: seeder.id(), listen_port: 0, flags: 0, signature: [0x5A; 64] };
+    mirror.send(&Frame::Hello(forged)).await;
+    assert_eq!(mirror.expect_reject().await, Some(RejectCode::ProtocolViolation as u8));
     // Silence: closed with REJECT(3) once the HELLO time-out passes.
     let mut silent = Raw::connect(addr).await;
     assert_eq!(silent.expect_reject().await, Some(RejectCode::ProtocolViolation as u8));
@@ -596,10 +599,13 @@ async fn a_thousand_connection_attempts_meet_the_limit() {
             }
         }
         for s in conns {
-            let (r, w) = s.into_split();
-            let mut raw = Raw { reader: FrameReader::new(r), writer: FrameWriter::new(w) };
-            let _ =
-                raw.writer.write_frame(&Frame::Hello(Hello { node_id: NodeId::random(), listen_port: 0 }), None).await;
+            let me = local(Identity::generate(), 0);
+            let Ok((reader, writer, hh)) = peer::secure(s, Direction::Outbound, &me, PATIENCE).await else {
+                turned_away += 1; // refused outright
+                continue;
+            };
+            let mut raw = Raw { reader, writer, hh, identity: me.identity.clone() };
+            let _ = raw.writer.write_frame(&raw.hello(0), None).await;
             match tokio::time::timeout(PATIENCE, raw.reader.read_frame()).await.unwrap() {
                 Ok(Some(Frame::Hello(_))) => admitted.push(raw),
                 Ok(Some(Frame::Reject { code, .. })) => {
@@ -619,9 +625,10 @@ async fn a_thousand_connection_attempts_meet_the_limit() {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
-            let (r, w) = s.into_split();
-            let mut raw = Raw { reader: FrameReader::new(r), writer: FrameWriter::new(w) };
-            raw.send(&Frame::Hello(Hello { node_id: NodeId::random(), listen_port: 0 })).await;
+            let me = local(Identity::generate(), 0);
+            let Ok((reader, writer, hh)) = peer::secure(s, Direction::Outbound, &me, PATIENCE).await else { continue };
+            let mut raw = Raw { reader, writer, hh, identity: me.identity.clone() };
+            raw.send(&raw.hello(0)).await;
             if let Some(Frame::Hello(_)) = raw.next_any().await {
                 raw.send(&Frame::Ask(info.root)).await;
                 assert!(matches!(raw.next().await, Some(Frame::Give { .. })));
@@ -673,7 +680,7 @@ async fn a_bootstrap_node_introduces_verified_peers_only() {
     // A liar claims to listen on a port where nothing answers.
     let dead_port = std::net::TcpListener::bind("[::1]:0").unwrap().local_addr().unwrap().port();
     let mut claimer = Raw::connect(boot).await;
-    claimer.send(&Frame::Hello(Hello { node_id: NodeId::random(), listen_port: dead_port })).await;
+    claimer.send(&claimer.hello(dead_port)).await;
     assert!(matches!(claimer.next_any().await, Some(Frame::Hello(_))));
     // A seeder that only dialled the bootstrap.
     let (seeder, info, seeder_addr) = seeder(&dir.path().join("s").tap_mkdir(), "f", &bytes, test_config()).await;
@@ -687,8 +694,8 @@ async fn a_bootstrap_node_introduces_verified_peers_only() {
     // What the bootstrap shares now: the seeder (verified), never the dead address.
     let (mut late, _) = Raw::handshake(boot).await;
     let Some(Frame::Peers(shared)) = late.next_any().await else { panic!("no PEERS") };
-    assert!(shared.contains(&seeder_addr), "{shared:?}");
-    assert!(!shared.iter().any(|a| a.port() == dead_port), "{shared:?}");
+    assert!(shared.iter().any(|e| e.addr == seeder_addr && e.node_id == seeder.id()), "{shared:?}");
+    assert!(!shared.iter().any(|e| e.addr.port() == dead_port), "{shared:?}");
     drop(claimer);
 }
 
@@ -772,13 +779,13 @@ async fn a_peer_that_ends_every_connection_is_redialled_with_backoff_not_in_a_st
         // Each node serves a 4-piece file; behaviour (b) sends a BITFIELD for it of the wrong length.
         let node = node_in(&dir.path().join(format!("n{i}")), test_config()).await;
         let info = node.seed(&src, |_| {}).await.unwrap();
-        let reject = |code: u8| Step::Frame(Frame::Reject { code, reason: "go away".into() });
+        let reject = |code: u8| Step::Frame(Frame::Reject { code, retry_after: 0, reason: "go away".into() });
         let (what, script) = match i {
             // An ASK with a 31-byte hash (vector ask_short).
             0 => ("a malformed frame", vec![Step::Bytes(hex(ASK_SHORT).into())]),
             1 => (
                 "a BITFIELD of the wrong length",
-                vec![Step::Frame(Frame::Bitfield { root: info.root, bits: Bytes::from_static(&[0xF0, 0]) })],
+                vec![Step::Frame(Frame::Bitfield { root: info.root, first: 0, bits: Bytes::from_static(&[0xF0, 0]) })],
             ),
             2 => ("REJECT(2)", vec![reject(RejectCode::PeerLimit as u8), Step::Close]),
             3 => ("REJECT(6)", vec![reject(RejectCode::ShuttingDown as u8), Step::Close]),

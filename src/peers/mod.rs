@@ -137,10 +137,12 @@ impl PeerTable {
     }
 
     /// Pins the node id a dial of `addr` must meet. The user's pin (`user`)
-    /// replaces any other; one learned from PEERS only fills an empty pin.
+    /// replaces any other; one learned (from PEERS, or an inbound HELLO) only
+    /// fills an empty pin of a learned address: an address the user gave
+    /// without an id accepts whichever node proves itself there.
     pub fn expect(&mut self, addr: SocketAddr, id: NodeId, user: bool) {
         if let Some(e) = self.entries.get_mut(&addr) {
-            if user || e.expected.is_none() {
+            if user || (e.expected.is_none() && !e.pinned) {
                 e.expected = Some(id);
             }
         }

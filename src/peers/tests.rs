@@ -535,6 +535,8 @@ fn a_pin_from_the_user_replaces_a_learned_one_and_retry_after_is_honoured() {
     t.retry_after(addr(1), 0);
     assert!(t.get(&addr(1)).is_none(), "0: a learned address is forgotten");
     t.add(addr(2), true);
+    t.expect(addr(2), id(2), false);
+    assert_eq!(t.get(&addr(2)).unwrap().expected, None, "no learned pin on an address the user gave");
     t.retry_after(addr(2), 0);
     assert!(t.get(&addr(2)).is_some(), "one the user gave is kept");
 }
