@@ -2,12 +2,13 @@
 //! malformed peers, connection limits, and the handshake rules.
 
 mod common;
+mod secure;
 
 use bytes::Bytes;
 use common::*;
 use pex::identity::Identity;
-use pex::peer::{self, Direction};
 use pex::manifest::{FileInfo, PIECE_SIZE};
+use pex::peer::{self, Direction};
 use pex::wire::{Frame, Hello, RejectCode};
 use pex::{Config, FetchError, Hash};
 use std::net::SocketAddr;
@@ -123,7 +124,10 @@ async fn raw_client_handshakes_pipelines_and_gets_dont_have() {
     }
     // BITFIELD is answered with the seeder's: all ten pieces.
     raw.send(&Frame::Bitfield { root: info.root, first: 0, bits: Bytes::from_static(&[0, 0]) }).await;
-    assert_eq!(raw.next().await, Some(Frame::Bitfield { root: info.root, first: 0, bits: Bytes::from_static(&[0xFF, 0xC0]) }));
+    assert_eq!(
+        raw.next().await,
+        Some(Frame::Bitfield { root: info.root, first: 0, bits: Bytes::from_static(&[0xFF, 0xC0]) })
+    );
     // A BITFIELD for a root the node has nothing of gets no answer; the next reply is for the ASK.
     raw.send(&Frame::Bitfield { root: unknown, first: 0, bits: Bytes::new() }).await;
     raw.send(&Frame::Ask(unknown)).await;

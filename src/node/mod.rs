@@ -253,6 +253,11 @@ impl Node {
         self.shared.registry.len()
     }
 
+    /// The live connections: who, where, and who dialled.
+    pub fn connections(&self) -> Vec<(NodeId, SocketAddr, crate::peer::Direction)> {
+        self.shared.registry.all().iter().map(|c| (c.node_id, c.addr, c.direction)).collect()
+    }
+
     /// Whether a connection to this node id is up.
     pub fn is_connected(&self, id: &NodeId) -> bool {
         self.shared.registry.has_node(id)

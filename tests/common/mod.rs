@@ -262,6 +262,11 @@ impl FakePeer {
         self.accepted.load(Ordering::SeqCst)
     }
 
+    /// When each connection was accepted, in order.
+    pub fn accept_times(&self) -> Vec<Instant> {
+        lock(&self.accept_times).clone()
+    }
+
     /// Connections accepted after `t`.
     pub fn accepted_since(&self, t: Instant) -> usize {
         lock(&self.accept_times).iter().filter(|a| **a > t).count()
