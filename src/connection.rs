@@ -4,21 +4,18 @@
 //! layout, not what messages mean. A GIVE whose data lies in a mapped file is
 //! read from the file with positioned reads, never through the mapping
 //! (a truncated file is an error, not SIGBUS), straight into the buffer where
-//! it is sealed; unencrypted (tests, the v1 answer) the kernel reads it from
-//! the mapping itself ([`FrameWriter::write_give`]).
+//! it is sealed ([`FrameWriter::write_give`]).
 
 use crate::hash::Hash;
 use crate::mapping::Body;
-use crate::noise::{Cipher, NoiseError, LEN_PREFIX as MSG_PREFIX, MAX_MESSAGE, MAX_PLAINTEXT, TAG_LEN};
+use crate::noise::{Cipher, NoiseError, LEN_PREFIX as MSG_PREFIX, MAX_PLAINTEXT, TAG_LEN};
 use crate::ratelimit::RateLimiter;
 use crate::wire::{self, Frame, FrameError};
 use bytes::BytesMut;
 use std::io::{self, IoSlice};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Send and receive buffer size asked of the kernel for every socket: large
 /// enough to keep a fast link full while the other side hashes.
@@ -42,39 +39,38 @@ pub enum ReadError {
     Crypto(#[from] NoiseError),
 }
 
-/// Ciphertext received and not yet opened, and the cipher that opens it.
+/// The cipher that opens what arrives, and how much of the read buffer is
+/// opened plaintext (the rest is ciphertext not yet opened).
 struct Opening {
     cipher: Cipher,
-    raw: BytesMut,
+    plain: usize,
 }
 
 impl Opening {
-    /// Opens every whole transport message in `raw`, appending the plaintext
-    /// to `plain`; returns how many plaintext bytes it added.
-    fn open_into(&mut self, plain: &mut BytesMut) -> Result<usize, NoiseError> {
-        let before = plain.len();
-        loop {
-            if self.raw.len() < MSG_PREFIX {
+    /// Opens every whole transport message after the plaintext in `buf`,
+    /// moving each one's plaintext down to join the plaintext before it in the
+    /// same pass, then closes the gap before the partial message left (if
+    /// any). True if it opened at least one.
+    fn open_ready(&mut self, buf: &mut BytesMut) -> Result<bool, NoiseError> {
+        let mut at = self.plain;
+        let mut opened = false;
+        while buf.len() - at >= MSG_PREFIX {
+            let len = u16::from_be_bytes([buf[at], buf[at + 1]]) as usize;
+            let end = at + MSG_PREFIX + len;
+            if end > buf.len() {
                 break;
             }
-            let len = u16::from_be_bytes([self.raw[0], self.raw[1]]) as usize;
-            if self.raw.len() < MSG_PREFIX + len {
-                break;
-            }
-            let mut msg = self.raw.split_to(MSG_PREFIX + len);
-            let text = self.cipher.open(&mut msg[MSG_PREFIX..])?;
-            plain.extend_from_slice(text);
+            let n = self.cipher.open_within(&mut buf[self.plain..end], at + MSG_PREFIX - self.plain)?.len();
+            self.plain += n;
+            at = end;
+            opened = true;
         }
-        Ok(plain.len() - before)
-    }
-
-    /// Bytes still missing from the transport message at the front of `raw`.
-    fn missing(&self) -> usize {
-        if self.raw.len() < MSG_PREFIX {
-            return MSG_PREFIX - self.raw.len();
+        if at > self.plain {
+            let rest = buf.len() - at;
+            buf.copy_within(at.., self.plain);
+            buf.truncate(self.plain + rest);
         }
-        let len = u16::from_be_bytes([self.raw[0], self.raw[1]]) as usize;
-        (MSG_PREFIX + len).saturating_sub(self.raw.len())
+        Ok(opened)
     }
 }
 
@@ -96,7 +92,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// opened with `cipher` (the v2 transport).
     pub fn encrypted(inner: R, cipher: Cipher) -> Self {
         let mut r = FrameReader::new(inner);
-        r.opening = Some(Opening { cipher, raw: BytesMut::with_capacity(MAX_MESSAGE + MSG_PREFIX) });
+        r.opening = Some(Opening { cipher, plain: 0 });
         r
     }
 
@@ -114,39 +110,29 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// all arrives for `idle`: a slow but moving frame is not cut off.
     pub async fn read_frame_idle(&mut self, idle: Option<std::time::Duration>) -> Result<Option<Frame>, ReadError> {
         loop {
-            if let Some(frame) = wire::decode(&mut self.buf)? {
+            let (decoded, plain) = self.decode_plain();
+            if let Some(frame) = decoded? {
                 return Ok(Some(frame));
             }
-            let want = wire::frame_size(&self.buf)?.unwrap_or(wire::LEN_PREFIX);
-            let missing = want.saturating_sub(self.buf.len()).max(1);
+            if let Some(o) = &mut self.opening {
+                if o.open_ready(&mut self.buf)? {
+                    continue;
+                }
+            }
+            let want = wire::frame_size(&self.buf[..plain])?.unwrap_or(wire::LEN_PREFIX);
+            let missing = want.saturating_sub(plain).max(1);
             // Grow by READ_CHUNK while a peer has sent little of a large frame; once it
             // has sent that much, take the rest at once (growing in steps would copy).
-            let step = if self.buf.len() >= READ_CHUNK / 4 { missing } else { missing.clamp(8 * 1024, READ_CHUNK) };
-            self.buf.reserve(step);
-            let target = match &mut self.opening {
-                Some(o) => {
-                    if o.open_into(&mut self.buf)? > 0 {
-                        continue;
-                    }
-                    // Room for the rest of this transport message and a few more.
-                    o.raw.reserve(o.missing().max(READ_CHUNK));
-                    &mut o.raw
-                }
-                None => &mut self.buf,
-            };
-            let read = self.inner.read_buf(target);
-            let n = match idle {
-                Some(idle) => tokio::time::timeout(idle, read)
-                    .await
-                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer silent"))??,
-                None => read.await?,
-            };
+            let step = if plain >= READ_CHUNK / 4 { missing } else { missing.clamp(8 * 1024, READ_CHUNK) };
+            // Encrypted, room for the prefixes and tags of the messages too.
+            let overhead = if self.opening.is_some() { (step / MAX_PLAINTEXT + 2) * (MSG_PREFIX + TAG_LEN) } else { 0 };
+            self.buf.reserve((self.buf.len() - plain) + step + overhead);
+            let n = timed(idle, self.inner.read_buf(&mut self.buf)).await?;
             if let Some(c) = &self.received {
                 c.fetch_add(n as u64, Ordering::Relaxed);
             }
             if n == 0 {
-                let partial = self.opening.as_ref().is_some_and(|o| !o.raw.is_empty());
-                if self.buf.is_empty() && !partial {
+                if self.buf.is_empty() {
                     return Ok(None);
                 }
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed in the middle of a frame").into());
@@ -154,14 +140,41 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Bytes received but not yet decoded (a partial frame or transport message).
+    /// Decodes a frame from the opened plaintext only (all of the buffer when
+    /// not encrypted); returns it and how many plaintext bytes remain.
+    fn decode_plain(&mut self) -> (Result<Option<Frame>, FrameError>, usize) {
+        let Some(o) = &mut self.opening else {
+            let r = wire::decode(&mut self.buf);
+            return (r, self.buf.len());
+        };
+        let sealed = self.buf.split_off(o.plain);
+        let r = wire::decode(&mut self.buf);
+        o.plain = self.buf.len();
+        self.buf.unsplit(sealed);
+        (r, o.plain)
+    }
+
+    /// Bytes received but not yet decoded (a partial frame).
     pub fn buffered(&self) -> usize {
-        self.buf.len() + self.opening.as_ref().map_or(0, |o| o.raw.len())
+        self.buf.len()
     }
 
     /// The underlying stream.
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
+    }
+}
+
+/// A read that fails with `TimedOut` when no byte arrives for `idle`.
+async fn timed<T>(
+    idle: Option<std::time::Duration>,
+    fut: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match idle {
+        Some(idle) => {
+            tokio::time::timeout(idle, fut).await.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer silent"))?
+        }
+        None => fut.await,
     }
 }
 
@@ -227,17 +240,21 @@ impl Sealing {
         let total = parts[0].len() + parts[1].len();
         let mut done = 0;
         while done < total {
-            self.out.clear();
+            // The buffer only grows, so it is zero-filled once, not per batch.
+            let mut used = 0;
             let batch_start = done;
             for _ in 0..SEAL_BATCH {
                 if done == total {
                     break;
                 }
                 let n = chunk.min(total - done);
-                let at = self.out.len();
-                self.out.resize(at + MSG_PREFIX + n + TAG_LEN, 0);
+                let at = used;
+                used += MSG_PREFIX + n + TAG_LEN;
+                if self.out.len() < used {
+                    self.out.resize(used, 0);
+                }
                 self.out[at..at + MSG_PREFIX].copy_from_slice(&((n + TAG_LEN) as u16).to_be_bytes());
-                let msg = &mut self.out[at + MSG_PREFIX..];
+                let msg = &mut self.out[at + MSG_PREFIX..used];
                 // Fill the plaintext from the head and/or the data.
                 let mut filled = 0;
                 let mut base = 0;
@@ -255,7 +272,7 @@ impl Sealing {
             if let Some(l) = limiter {
                 l.acquire(done - batch_start).await;
             }
-            bounded(stall, inner.write_all(&self.out)).await?;
+            bounded(stall, inner.write_all(&self.out[..used])).await?;
         }
         Ok(())
     }
@@ -327,6 +344,27 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// Writes a GIVE of `body`. Encrypted, the data is read from where it lies
+    /// (a mapped piece by positioned reads of its file, never through the
+    /// mapping: a file truncated meanwhile is an error, not SIGBUS) straight
+    /// into the buffer it is sealed in. Paced by `limiter` in small chunks when
+    /// there is one; fails with `TimedOut` when the socket accepts nothing for `stall`.
+    pub async fn write_give(
+        &mut self,
+        hash: &Hash,
+        body: &Body,
+        limiter: Option<&RateLimiter>,
+        stall: Option<std::time::Duration>,
+    ) -> io::Result<()> {
+        self.head.clear();
+        Frame::encode_give_head(&mut self.head, hash, body.len());
+        if let Some(s) = &mut self.sealing {
+            return s.send(&mut self.inner, [Source::Slice(&self.head), Source::Body(body)], limiter, stall).await;
+        }
+        let data = bytes::Bytes::from(body.to_vec()?);
+        self.write_frame_within(&Frame::Give { hash: *hash, data }, limiter, stall).await
+    }
+
     /// Writes arbitrary bytes as part of the frame stream, sealed like frames
     /// when the connection is encrypted: for tools and tests that send what
     /// the codec would never produce.
@@ -348,95 +386,83 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 }
 
-impl<W: AsyncWrite + Unpin + AsRef<TcpStream>> FrameWriter<W> {
-    /// Writes a GIVE of `body` with `sendmsg`, the kernel reading the data from
-    /// where it lies (a mapped file, see [`crate::mapping`]): a page that
-    /// vanished because the file was truncated fails the write with `EFAULT`
-    /// instead of raising SIGBUS. Paced by `limiter` in small chunks when there
-    /// is one; fails with `TimedOut` when the socket accepts nothing for `stall`.
-    pub async fn write_give(
-        &mut self,
-        hash: &Hash,
-        body: &Body,
-        limiter: Option<&RateLimiter>,
-        stall: Option<std::time::Duration>,
-    ) -> io::Result<()> {
-        self.head.clear();
-        Frame::encode_give_head(&mut self.head, hash, body.len());
-        if let Some(s) = &mut self.sealing {
-            return s.send(&mut self.inner, [Source::Slice(&self.head), Source::Body(body)], limiter, stall).await;
-        }
-        let body = body.iovec();
-        // Addresses as integers: the vectors are rebuilt for each system call, so
-        // nothing that is not `Send` lives across an await.
-        let parts = [(self.head.as_ptr() as usize, self.head.len()), (body.iov_base as usize, body.iov_len)];
-        let total = self.head.len() + body.iov_len;
-        let stream: &TcpStream = self.inner.as_ref();
-        let mut sent = 0;
-        while sent < total {
-            let end = match limiter {
-                Some(l) => {
-                    let n = l.chunk().min(total - sent);
-                    l.acquire(n).await;
-                    sent + n
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::noise::Cipher;
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    fn frames(sizes: &[usize]) -> Vec<Frame> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| match i % 3 {
+                0 => Frame::Give { hash: Hash([i as u8; 32]), data: Bytes::from(vec![i as u8; n]) },
+                1 => Frame::Ask(Hash([i as u8; 32])),
+                _ => Frame::KeepAlive,
+            })
+            .collect()
+    }
+
+    /// Seals `frames` (some as a GIVE from a body), then delivers the bytes in
+    /// chunks of `cut` bytes and reads them back.
+    async fn through(frames: &[Frame], cut: usize) -> Vec<Frame> {
+        let key = [3u8; 32];
+        let mut w = FrameWriter::encrypted(Vec::new(), Cipher::new(&key));
+        for f in frames {
+            match f {
+                Frame::Give { hash, data } if data.len() % 2 == 0 => {
+                    w.write_give(hash, &Body::Memory(data.clone()), None, None).await.unwrap()
                 }
-                None => total,
-            };
-            while sent < end {
-                let n = bounded(stall, send_raw(stream, window(&parts, sent, end))).await?;
-                if n == 0 {
-                    return Err(io::ErrorKind::WriteZero.into());
-                }
-                sent += n;
+                f => w.write_frame(f, None).await.unwrap(),
             }
         }
-        Ok(())
-    }
-}
-
-/// The bytes `from..to` of the concatenation of `parts` (address, length).
-fn window(parts: &[(usize, usize); 2], from: usize, to: usize) -> [(usize, usize); 2] {
-    let mut out = [(0, 0); 2];
-    let mut base = 0;
-    for (i, &(addr, len)) in parts.iter().enumerate() {
-        let (start, end) = (from.max(base), to.min(base + len));
-        if start < end {
-            out[i] = (addr + (start - base), end - start);
-        }
-        base += len;
-    }
-    out
-}
-
-/// One `sendmsg` of the non-empty `parts` on a non-blocking socket, waiting for it to be writable.
-async fn send_raw(stream: &TcpStream, parts: [(usize, usize); 2]) -> io::Result<usize> {
-    loop {
-        stream.writable().await?;
-        let sent = stream.try_io(Interest::WRITABLE, || {
-            let mut iovs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2];
-            let mut count = 0;
-            for &(addr, len) in parts.iter().filter(|p| p.1 > 0) {
-                iovs[count] = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: len };
-                count += 1;
-            }
-            // SAFETY: msghdr is plain data, zeroed is a valid empty header.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = iovs.as_ptr() as *mut libc::iovec;
-            msg.msg_iovlen = count as _;
-            // SAFETY: the vectors point at live memory: the writer's head buffer and a
-            // blob body that the caller keeps alive across this call. The kernel only
-            // reads them, and reports an unmapped page as EFAULT. MSG_NOSIGNAL: a
-            // closed peer is an EPIPE error, not a signal.
-            let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
+        let sealed = std::mem::take(w.get_mut());
+        let (mut tx, rx) = tokio::io::duplex(cut.max(1));
+        let feed = tokio::spawn(async move {
+            for c in sealed.chunks(cut.max(1)) {
+                tx.write_all(c).await.unwrap();
             }
         });
-        match sent {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            r => return r,
+        let mut r = FrameReader::encrypted(rx, Cipher::new(&key));
+        let mut out = Vec::new();
+        while let Some(f) = r.read_frame().await.unwrap() {
+            out.push(f);
+        }
+        feed.await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_full_piece_and_small_frames_cross_message_boundaries_intact() {
+        let fs = frames(&[wire::MAX_BLOB_LEN, 0, 0, 65_519 - 37, 3, 1, 200_000]);
+        for cut in [1, 2, 7, 65_537, 1 << 20] {
+            assert_eq!(through(&fs, cut).await, fs, "delivered in chunks of {cut}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tampered_byte_anywhere_fails_the_read() {
+        let key = [5u8; 32];
+        let mut w = FrameWriter::encrypted(Vec::new(), Cipher::new(&key));
+        w.write_frame(&Frame::Give { hash: Hash([1; 32]), data: Bytes::from(vec![9; 100_000]) }, None).await.unwrap();
+        let sealed = std::mem::take(w.get_mut());
+        for at in [2, 100, 65_536, sealed.len() - 1] {
+            let mut bad = sealed.clone();
+            bad[at] ^= 0x80;
+            let mut r = FrameReader::encrypted(&bad[..], Cipher::new(&key));
+            assert!(matches!(r.read_frame().await, Err(ReadError::Crypto(_))), "byte {at}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn any_frames_in_any_chunks_come_back(sizes in proptest::collection::vec(0usize..150_000, 1..8), cut in 1usize..70_000) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let fs = frames(&sizes);
+            prop_assert_eq!(rt.block_on(through(&fs, cut)), fs);
         }
     }
 }

@@ -4,9 +4,9 @@
 //! a seeded file, or a `.part` we write. Reading such memory through a Rust
 //! reference would be undefined behaviour (the bytes change under a `&[u8]`)
 //! or a SIGBUS (pages past the new end of file). So pex's own code never reads
-//! a mapping: a served range is a [`MappedRange`], an opaque value that is
-//! handed to the kernel (`sendmsg`), which answers `EFAULT` instead of raising
-//! SIGBUS, or copied out with a positioned read of the file. Writes into a
+//! a mapping: a served range is a [`MappedRange`], an opaque value whose bytes
+//! are copied out with positioned reads of the file (an error, not SIGBUS,
+//! when the file shrank), straight into the buffer they are sealed in. Writes into a
 //! writable mapping go through [`Mapping::write`], an `unsafe fn` whose
 //! contract the store upholds.
 
@@ -34,7 +34,7 @@ impl Mapping {
     pub fn read_only(file: Arc<File>, len: usize) -> io::Result<Mapping> {
         // SAFETY: memmap2 marks `map` unsafe because the file may change while
         // mapped, which would make a `&[u8]` into it unsound. This module never
-        // makes one: the mapping's bytes are only read by the kernel (see the
+        // makes one: the mapping's bytes are never read through it (see the
         // module docs), so a change or truncation cannot reach Rust code.
         let map = unsafe { MmapOptions::new().len(len).map(&*file)? };
         Ok(Mapping { kind: Kind::ReadOnly(map), file, len })
@@ -44,13 +44,6 @@ impl Mapping {
     pub fn writable(file: Arc<File>, len: usize) -> io::Result<Mapping> {
         let map = MmapOptions::new().len(len).map_raw(&*file)?;
         Ok(Mapping { kind: Kind::Writable(map), file, len })
-    }
-
-    fn ptr(&self) -> *const u8 {
-        match &self.kind {
-            Kind::ReadOnly(m) => m.as_ptr(),
-            Kind::Writable(m) => m.as_ptr(),
-        }
     }
 
     /// Copies `data` to offset `off` of a writable mapping, faulting the pages
@@ -92,7 +85,7 @@ impl Mapping {
     }
 }
 
-/// A range of a mapped file that only the kernel reads. It keeps the mapping
+/// A range of a mapped file, read only by positioned reads. It keeps the mapping
 /// alive and releases its pages when dropped.
 pub struct MappedRange {
     map: Arc<Mapping>,
@@ -114,14 +107,6 @@ impl MappedRange {
     /// True for an empty range.
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    /// The range as an I/O vector for a system call. The pointer is never
-    /// dereferenced by Rust code; the kernel reports a page that vanished as
-    /// `EFAULT`.
-    pub(crate) fn iovec(&self) -> libc::iovec {
-        // `wrapping_add` keeps this free of unsafe: the offset is in bounds (checked in `new`).
-        libc::iovec { iov_base: self.map.ptr().wrapping_add(self.off) as *mut libc::c_void, iov_len: self.len }
     }
 
     /// Reads the range's current bytes from the file with a positioned read
@@ -155,7 +140,7 @@ impl std::fmt::Debug for MappedRange {
 }
 
 /// The bytes of a blob to send: in memory (manifests, hash lists) or a range
-/// of a mapped file (pieces), which only the kernel reads.
+/// of a mapped file (pieces), read only by positioned reads of the file.
 #[derive(Debug)]
 pub enum Body {
     /// Owned bytes.
@@ -196,14 +181,6 @@ impl Body {
                 Ok(())
             }
             Body::Mapped(m) => m.read_at(off, dst),
-        }
-    }
-
-    /// The body as an I/O vector for a system call (see [`MappedRange::iovec`]).
-    pub(crate) fn iovec(&self) -> libc::iovec {
-        match self {
-            Body::Memory(b) => libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() },
-            Body::Mapped(m) => m.iovec(),
         }
     }
 }

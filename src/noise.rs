@@ -203,6 +203,19 @@ impl Cipher {
         Ok(())
     }
 
+    /// Opens the transport message `in_out[src..]` and moves its plaintext to
+    /// the start of `in_out` in the same pass (ring's `open_within`): a reader
+    /// opens a run of messages and closes the gaps their prefixes and tags
+    /// leave without copying anything twice.
+    pub fn open_within<'a>(&mut self, in_out: &'a mut [u8], src: usize) -> Result<&'a mut [u8], NoiseError> {
+        let len = in_out.len().saturating_sub(src);
+        if len < TAG_LEN {
+            return Err(NoiseError::Short(len));
+        }
+        let nonce = self.next()?;
+        self.key.open_within(nonce, ring::aead::Aad::empty(), in_out, src..).map_err(|_| NoiseError::Decrypt)
+    }
+
     /// Opens one transport message in place; returns its plaintext (the first
     /// `buf.len() - TAG_LEN` bytes of `buf`).
     pub fn open<'a>(&mut self, buf: &'a mut [u8]) -> Result<&'a mut [u8], NoiseError> {
