@@ -133,8 +133,9 @@ async fn admit(
     if let Some((expected, user)) = expected.filter(|(e, _)| *e != id) {
         // Not the node we meant to reach: no frame beyond the HELLOs. One the
         // user named is refused for the rest of the run, on any connection.
+        // Logged at info (-v): a fetch that gives up says it once, in its error.
         let err = PeerError::WrongNode { expected, got: id };
-        tracing::warn!(peer = %addr, "{err}");
+        tracing::info!(peer = %addr, "{err}");
         if user {
             shared.bans.ban(id, []);
         }

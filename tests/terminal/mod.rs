@@ -3,7 +3,7 @@
 //! on that screen. Ctrl-C is the byte 0x03 typed into the terminal, so the
 //! kernel's line discipline delivers SIGINT as it does for a person.
 
-use super::{claimed_pieces, fetch_args, Proc, Seeder, PATIENCE, PEX};
+use super::{claimed_pieces, fetch_args, node_id_of, Proc, Seeder, PATIENCE, PEX};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -248,11 +248,15 @@ fn a_seeder_shows_a_live_status_line_and_ctrl_c_exits_130() {
     let src = dir.path().join("s.bin");
     std::fs::write(&src, super::data(2 << 20, 63)).unwrap();
     let dd = dir.path().join("d");
+    // The identity `pex id` creates is the one the seeder then proves and prints.
+    let id = node_id_of(&dd);
     let args = ["seed", src.to_str().unwrap(), "--listen", "[::1]:0", "--data-dir", dd.to_str().unwrap()];
     let mut term = Terminal::spawn(&args, 100, dir.path());
     let (screen, _) =
         term.wait_for("the status line", |s| s.contains("serving s.bin: 0 peers connected, 0 B uploaded"));
-    assert!(screen.contains("pex fetch") && screen.contains("--peer [::1]:"), "{screen}");
+    // The fetch command is wider than the terminal: join the rows it wraps over.
+    let joined = screen.replace('\n', "");
+    assert!(joined.contains("pex fetch") && joined.contains(&format!("--peer {id}@[::1]:")), "{screen}");
     term.ctrl_c();
     assert_eq!(term.wait().code(), Some(130));
 }
