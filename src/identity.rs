@@ -29,10 +29,7 @@ impl std::fmt::Debug for Identity {
 impl Identity {
     /// A new random identity, from the system's CSPRNG.
     pub fn generate() -> Identity {
-        let mut seed = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
-            .expect("the system random number generator failed");
-        Identity::from_secret(seed)
+        Identity::from_secret(random_secret())
     }
 
     /// The identity whose 32-byte Ed25519 secret key is `secret` (fixtures, the identity file).
@@ -86,6 +83,19 @@ impl Identity {
             Err(e) => Err(e),
         }
     }
+}
+
+/// 32 bytes from the system's CSPRNG: a new secret key.
+pub fn random_secret() -> [u8; 32] {
+    let mut secret = [0u8; 32];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).is_err() {
+        // No safe way on without randomness: a predictable key would be worse than stopping.
+        #[allow(clippy::panic)]
+        {
+            panic!("the system random number generator failed");
+        }
+    }
+    secret
 }
 
 /// The bytes a HELLO signature signs: [`HELLO_CONTEXT`] then the handshake hash.

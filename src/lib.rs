@@ -2,10 +2,13 @@
 //!
 //! A file is cut into 1 MiB pieces addressed by SHA-256; a manifest lists them
 //! and its own SHA-256, the root hash, names the file. Nodes exchange blobs over
-//! TCP with the v1 wire protocol (see docs/PROTOCOL.md).
+//! TCP with wire protocol v2: every connection authenticated and encrypted
+//! with Noise, node ids Ed25519 keys (see docs/PROTOCOL.md).
 //!
 //! Layers, bottom up (each imports only those before it):
-//! - formats, pure: [`hash`], [`wire`] (frame codec), [`manifest`],
+//! - formats, pure: [`hash`], [`identity`] (Ed25519 node ids, the HELLO
+//!   signature), [`wire`] (frame codec), [`noise`] (the Noise handshake and
+//!   transport cipher), [`manifest`],
 //!   [`bitfield`], [`picker`] (piece choice), [`text`] (showing untrusted text),
 //!   [`timeouts`], [`ratelimit`], [`peers`] (the known-address table);
 //! - storage: [`mapping`] (the only code that touches mapped memory),

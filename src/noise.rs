@@ -76,10 +76,8 @@ pub struct Keys {
 impl Keys {
     /// A fresh random static key.
     pub fn generate() -> Keys {
-        let kp = builder().generate_keypair().expect("X25519 key generation");
-        let mut static_secret = [0u8; 32];
-        static_secret.copy_from_slice(&kp.private);
-        Keys { static_secret, ephemeral: None }
+        // Any 32 bytes are an X25519 secret (the DH clamps them).
+        Keys { static_secret: crate::identity::random_secret(), ephemeral: None }
     }
 }
 
@@ -89,8 +87,8 @@ impl std::fmt::Debug for Keys {
     }
 }
 
-fn builder() -> snow::Builder<'static> {
-    snow::Builder::new(PROTOCOL_NAME.parse().expect("a valid Noise protocol name"))
+fn builder() -> Result<snow::Builder<'static>, NoiseError> {
+    Ok(snow::Builder::new(PROTOCOL_NAME.parse()?))
 }
 
 /// What a finished handshake gives: the handshake hash (what HELLO signs),
@@ -114,7 +112,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     initiator: bool,
     keys: &Keys,
 ) -> Result<Session, NoiseError> {
-    let mut b = builder().prologue(PROLOGUE)?.local_private_key(&keys.static_secret)?;
+    let mut b = builder()?.prologue(PROLOGUE)?.local_private_key(&keys.static_secret)?;
     if let Some(e) = &keys.ephemeral {
         b = b.fixed_ephemeral_key_for_testing_only(e);
     }
@@ -145,7 +143,10 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
-    let handshake_hash: [u8; 32] = hs.get_handshake_hash().try_into().expect("SHA-256 handshake hash");
+    let handshake_hash: [u8; 32] = hs
+        .get_handshake_hash()
+        .try_into()
+        .map_err(|_| NoiseError::Handshake("handshake hash is not 32 bytes".into()))?;
     let remote_static: [u8; 32] =
         hs.get_remote_static().and_then(|k| k.try_into().ok()).ok_or(NoiseError::Handshake("no static key".into()))?;
     let (k1, k2) = hs.dangerously_get_raw_split();
@@ -169,7 +170,9 @@ impl Cipher {
 
     /// A cipher whose next nonce is `nonce` (tests of nonce exhaustion).
     pub fn at_nonce(key: &[u8; 32], nonce: u64) -> Cipher {
-        let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key).expect("a 32-byte AES key");
+        // ring refuses only a key of the wrong length, and this one is 32 bytes.
+        #[allow(clippy::expect_used)]
+        let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key).expect("a 32-byte AES-256 key");
         Cipher { key: ring::aead::LessSafeKey::new(key), nonce }
     }
 
@@ -275,7 +278,7 @@ mod tests {
         let mut c = Cipher::at_nonce(&[9; 32], u64::MAX - 1);
         let mut m = vec![0u8; TAG_LEN];
         c.seal(&mut m).unwrap();
-        assert!(matches!(c.seal(&mut vec![0u8; TAG_LEN]), Err(NoiseError::NoncesExhausted)));
+        assert!(matches!(c.seal(&mut [0u8; TAG_LEN]), Err(NoiseError::NoncesExhausted)));
         let mut d = Cipher::at_nonce(&[9; 32], u64::MAX - 1);
         assert!(d.open(&mut m).is_ok());
         assert!(matches!(d.open(&mut m.clone()), Err(NoiseError::NoncesExhausted)));
