@@ -1,13 +1,21 @@
-//! End-to-end transfer benchmark over [::1], in one process run: a plain Rust
-//! baseline (tokio TCP copy of the same bytes, SHA-256 of each 1 MiB on the
-//! receiver, written into a file) against pex seed → fetch. Prints MB/s of
-//! each and their ratio. Size: PEX_BENCH_SIZE (bytes or e.g. 1GiB), default 256 MiB;
-//! PEX_BENCH_RUNS runs of each (default 3), the median is reported.
+//! End-to-end transfer benchmark over [::1], in one run, interleaved:
+//! - a plain Rust baseline (tokio TCP copy of the same bytes, SHA-256 of each
+//!   1 MiB on the receiver, written into a file) against pex seed → fetch in
+//!   this process;
+//! - `pex seed` → `pex fetch` as two processes, wire protocol v2 (this build)
+//!   against v1 (the last v1 build, commit 06f5fac, made by scripts/build-v1.sh
+//!   into target/v1/release/pex, or the binary PEX_V1_BIN names), with the
+//!   CPU-seconds per GiB of both processes together.
+//!
+//! Size: PEX_BENCH_SIZE (bytes or e.g. 1GiB), default 256 MiB; PEX_BENCH_RUNS
+//! runs of each (default 3), the median is reported.
 
 use pex::datadir::DataDir;
 use pex::{Config, FetchOptions, Node, Progress};
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -31,11 +39,21 @@ fn main() {
     fastrand::Rng::with_seed(42).fill(&mut data);
     std::fs::write(&src, &data).unwrap();
     drop(data);
+    let v2_bin = PathBuf::from(env!("CARGO_BIN_EXE_pex"));
+    let v1_bin = std::env::var_os("PEX_V1_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/v1/release/pex"));
+    let v1_bin = v1_bin.exists().then_some(v1_bin);
     let mut base = Vec::new();
     let mut pex = Vec::new();
+    let (mut v1, mut v2) = (Vec::new(), Vec::new());
     for run in 0..runs {
         base.push(rt.block_on(baseline(&src, &dir.path().join(format!("base{run}")))));
         pex.push(rt.block_on(pex_transfer(&src, dir.path(), run)));
+        if let Some(bin) = &v1_bin {
+            v1.push(processes(bin, &src, &dir.path().join(format!("v1-{run}"))));
+        }
+        v2.push(processes(&v2_bin, &src, &dir.path().join(format!("v2-{run}"))));
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -47,6 +65,83 @@ fn main() {
     println!("  baseline (tokio TCP + SHA-256 + file write): {:8.0} MB/s ({b:.3} s)", mbs(b));
     println!("  pex seed -> fetch:                          {:8.0} MB/s ({p:.3} s)", mbs(p));
     println!("  pex / baseline: {:.2}", b / p);
+    let gib = size as f64 / (1u64 << 30) as f64;
+    let show = |name: &str, runs: &mut Vec<Run>| -> (f64, f64) {
+        let mut secs: Vec<f64> = runs.iter().map(|r| r.secs).collect();
+        let mut cpu: Vec<f64> = runs.iter().map(|r| r.cpu).collect();
+        let (s, c) = (median(&mut secs), median(&mut cpu));
+        println!("  {name}: {:8.0} MB/s ({s:.3} s), {:.2} CPU-s per GiB (both processes)", mbs(s), c / gib);
+        (s, c)
+    };
+    println!("pex seed -> pex fetch as processes, median of {runs}:");
+    let (s2, c2) = show("wire v2 (Noise, AES-256-GCM)", &mut v2);
+    match v1_bin {
+        Some(_) => {
+            let (s1, c1) = show("wire v1 (plaintext)         ", &mut v1);
+            println!("  v2 / v1 throughput: {:.2}; CPU per GiB v2 / v1: {:.2}", s1 / s2, c2 / c1);
+        }
+        None => println!("  v1 baseline skipped: run scripts/build-v1.sh (or set PEX_V1_BIN) first"),
+    }
+}
+
+/// One process-level transfer: its wall time and the CPU-seconds both processes used.
+struct Run {
+    secs: f64,
+    cpu: f64,
+}
+
+/// CPU-seconds a live process has used so far, from /proc.
+fn cpu_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// `bin seed src` and `bin fetch` of it as two processes on [::1]. The fetch is
+/// timed; CPU is the seeder's during the fetch plus the whole fetcher's.
+fn processes(bin: &Path, src: &Path, dir: &Path) -> Run {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut seeder = Command::new(bin)
+        .args(["seed", "--listen", "[::1]:0", "-q", "--data-dir"])
+        .arg(dir.join("s"))
+        .arg(src)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the seeder");
+    // Its stdout: the root, then one fetch command per address (`--peer [ID@][::1]:PORT`).
+    let mut lines = std::io::BufReader::new(seeder.stdout.take().unwrap()).lines();
+    let root = lines.next().unwrap().unwrap();
+    let peer = lines
+        .map(|l| l.unwrap())
+        .find_map(|l| l.split("--peer ").nth(1).filter(|p| p.contains("[::1]")).map(str::to_owned))
+        .expect("a fetch command for [::1]");
+    let before = cpu_of(seeder.id());
+    let start = Instant::now();
+    let fetcher = Command::new(bin)
+        .args(["fetch", &root, "--peer", &peer, "-q", "-o"])
+        .arg(dir.join("out"))
+        .arg("--data-dir")
+        .arg(dir.join("f"))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the fetcher");
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, which std's `Child` is not waiting on.
+    let pid = unsafe { libc::wait4(fetcher.id() as i32, &mut status, 0, &mut usage) };
+    let secs = start.elapsed().as_secs_f64();
+    assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the fetch failed");
+    let seeder_cpu = cpu_of(seeder.id()) - before;
+    let _ = seeder.kill();
+    let _ = seeder.wait();
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let _ = std::fs::remove_dir_all(dir);
+    Run { secs, cpu: tv(usage.ru_utime) + tv(usage.ru_stime) + seeder_cpu }
 }
 
 /// Sends the file over one TCP connection; the receiver hashes each 1 MiB and writes it out.
