@@ -141,3 +141,63 @@ fn a_v1_client_gets_a_plaintext_v1_reject_and_the_seeder_keeps_serving() {
     assert!(std::fs::read(&out).unwrap() == bytes, "copy differs");
     seeder.interrupt();
 }
+
+/// A TCP relay on [::1] in front of `target` that records what crosses it in
+/// both directions, until the returned flag is set.
+fn recording_relay(target: &str) -> (String, Arc<std::sync::Mutex<Vec<u8>>>, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("[::1]:0").unwrap();
+    let addr = format!("[::1]:{}", listener.local_addr().unwrap().port());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (target, seen2, stop2) = (target.to_owned(), seen.clone(), stop.clone());
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop2.load(Ordering::SeqCst) {
+            let Ok((client, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            client.set_nonblocking(false).unwrap();
+            let Ok(server) = TcpStream::connect(&target) else { continue };
+            for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                let seen = seen2.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(Shutdown::Write);
+                });
+            }
+        }
+    });
+    (addr, seen, stop)
+}
+
+#[test]
+fn a_capture_of_a_fetch_between_two_processes_holds_neither_the_root_nor_any_32_bytes_of_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seeder, _, bytes) = Seeder::with_file(dir.path(), 2 * (1 << 20) + 999, 93, &[]);
+    let (relay, seen, stop) = recording_relay(&seeder.addr);
+    let out = dir.path().join("copy.bin");
+    // The seeder's node id, at the relay's address: the relay cannot pose as anyone.
+    let o = fetch(&seeder.root, &format!("{}@{relay}", seeder.id), &out, &dir.path().join("f"));
+    stop.store(true, Ordering::SeqCst);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&out).unwrap() == bytes);
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() > bytes.len(), "the relay carried the transfer ({} bytes)", seen.len());
+    let root: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&seeder.root[2 * i..2 * i + 2], 16).unwrap()).collect();
+    assert!(!seen.windows(32).any(|w| w == root), "the root crossed the wire in the clear");
+    // Every 32-byte run of the file holds one of its 8-byte words at an offset divisible by 8.
+    let words: std::collections::HashSet<&[u8]> = bytes.chunks_exact(8).collect();
+    let hits = seen.windows(8).filter(|w| words.contains(w)).count();
+    assert_eq!(hits, 0, "{hits} 8-byte words of the file crossed the wire in the clear");
+    assert!(!seen.windows(5).any(|w| w == b"f.bin"), "the file name crossed the wire in the clear");
+}
