@@ -1,5 +1,5 @@
 //! One complete v2 connection between two fixed identities with fixed Noise
-//! keys (`fixtures/v2-connection.json`, quoted in docs/PROTOCOL.md section 9),
+//! keys (`fixtures/v2-connection.json`, quoted in docs/PROTOCOL.md section 8),
 //! recomputed twice: by pex (its handshake over an in-memory pipe, its frame
 //! writer and reader) and by the independent model of `model.rs`; and the
 //! transport rules of section 2 (cutting frames into messages, failures, v1
@@ -405,7 +405,7 @@ fn the_fixture_hellos_prove_their_node_ids_for_this_connection_only() {
     for (m, secrets) in hellos.iter().zip([&INITIATOR, &RESPONDER]) {
         let p = party_of(&f, Side::parse(&m.from));
         let frame = hex(&m.plaintext);
-        // Section 3.4, byte by byte: L = 104, type 3, "PEX", 2, id, port, flags, signature.
+        // Section 4.4, byte by byte: L = 104, type 3, "PEX", 2, id, port, flags, signature.
         assert_eq!(frame.len(), 4 + 1 + 103);
         assert_eq!(frame[..5], [0, 0, 0, 104, 3]);
         assert_eq!(&frame[5..9], b"PEX\x02");
@@ -669,4 +669,40 @@ fn the_answer_to_a_v1_peer_is_one_plaintext_v1_reject_3() {
     assert!(reason.len() <= 200);
     assert_eq!(reason, wire::V1_REJECT_REASON);
     assert!(reason.contains("pex/2"));
+}
+
+#[test]
+fn docs_protocol_md_quotes_the_fixture_connection() {
+    let f = fixtures::connection();
+    let doc = crate::protocol_doc();
+    let mut quoted: Vec<(String, &str)> = vec![
+        (f.handshake_hash.clone(), "handshake hash"),
+        (f.transport_keys.initiator_to_responder.clone(), "k1"),
+        (f.transport_keys.responder_to_initiator.clone(), "k2"),
+    ];
+    for m in &f.handshake {
+        quoted.push((m.hex.clone(), "a handshake message"));
+    }
+    for p in [&f.initiator, &f.responder] {
+        for k in [
+            &p.identity_secret,
+            &p.node_id,
+            &p.static_secret,
+            &p.static_public,
+            &p.ephemeral_secret,
+            &p.ephemeral_public,
+        ] {
+            quoted.push((k.clone(), "a key"));
+        }
+    }
+    for m in &f.transport {
+        quoted.push((m.plaintext.clone(), "a transport plaintext"));
+        quoted.push((m.wire.clone(), "a transport message"));
+        quoted.push((m.frame.clone(), "a transport message's description"));
+    }
+    quoted.push((f.transport[0].plaintext[88..].to_string(), "the initiator's HELLO signature"));
+    for (text, what) in quoted {
+        assert!(doc.contains(&text), "docs/PROTOCOL.md does not quote {what}: {text}");
+    }
+    assert!(doc.contains(&f.protocol_name) && doc.contains("`pex/2`"));
 }

@@ -41,7 +41,7 @@ fn the_codes_constants_are_the_documented_numbers() {
 
 #[test]
 fn the_documented_time_outs_are_the_defaults() {
-    // Section 5.7.
+    // Section 5.8.
     let t = pex::Timeouts::default();
     let secs = |d: std::time::Duration| d.as_secs_f64();
     assert_eq!(

@@ -51,11 +51,11 @@ const SPEC_BITFIELD_HEAD: usize = 36;
 const SPEC_REJECT_HEAD: usize = 3;
 /// Section 4.8: a REJECT reason is at most 200 bytes.
 const SPEC_MAX_REASON: usize = 200;
-/// Section 7: a file name is at most 255 bytes.
+/// Section 6: a file name is at most 255 bytes.
 const SPEC_MAX_NAME: usize = 255;
-/// Section 7: piece size.
+/// Section 6: piece size.
 const SPEC_PIECE: u64 = 1 << 20;
-/// Section 7: piece hashes per hash list.
+/// Section 6: piece hashes per hash list.
 const SPEC_PER_LIST: u64 = 32_768;
 
 /// A complete frame as section 3 draws it: `L` (u32 BE), type, body.

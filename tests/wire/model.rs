@@ -305,7 +305,7 @@ pub fn node_id(identity_secret: &[u8; 32]) -> [u8; 32] {
 #[test]
 fn x25519_meets_rfc_7748() {
     let h = |s: &str| -> [u8; 32] { crate::common::hex(s).try_into().unwrap() };
-    // Section 5.2, the first single-iteration vector.
+    // RFC 7748 section 5.2, the first single-iteration vector.
     let k = h("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4");
     let u = h("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c");
     assert_eq!(x25519(&k, &u), h("c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552"));
@@ -313,7 +313,7 @@ fn x25519_meets_rfc_7748() {
     let k = h("4b66e9d4d1b4673c5ad22691957d6af5c11b6421e0ea01d42ca4169e7918ba0d");
     let u = h("e5210f12786811d3f4b7959d0538ae2c31dbe7106fc03c3efc4cd549c715a493");
     assert_eq!(x25519(&k, &u), h("95cbde9476e8907d7aade45cb4b873f88b595a68799fa152e6f8f7647aac7957"));
-    // Section 6.1: Alice's and Bob's keys and their shared secret.
+    // RFC 7748 section 6.1: Alice's and Bob's keys and their shared secret.
     let a = h("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a");
     let b = h("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb");
     assert_eq!(public(&a), h("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"));

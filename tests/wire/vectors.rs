@@ -69,7 +69,7 @@ fn changed() -> Vec<(&'static str, V2Verdict)> {
         ("bitfield", Refused("BadLength")),
         // Code 2, then "pe" read as a retry-after of 0x7065 = 28,773 s: a v1 REJECT
         // means something else to v2. (A v2 node never decodes v1 frames: v1 is
-        // detected before the Noise handshake, section 2.4.)
+        // detected before the Noise handshake, section 2.5.)
         ("reject_full", Accepted(Frame::Reject { code: 2, retry_after: 0x7065, reason: "er limit reached".into() })),
     ]
 }
@@ -411,4 +411,61 @@ fn v2_vectors_mean_what_their_notes_say() {
     assert_eq!(pieces(u32::MAX - 7, &[0xff]), (u32::MAX - 7..=u32::MAX).collect::<Vec<_>>());
     // 8,388,576 = 8 × 1,048,572: where pex starts the second range of a large file.
     assert_eq!(8 * pex::peer::MAX_BITFIELD_BYTES, 8_388_576);
+}
+
+#[test]
+fn docs_protocol_md_quotes_the_vectors_it_names() {
+    let doc = protocol_doc();
+    let v2 = fixtures::vectors();
+    let quoted_v2 = [
+        "hello",
+        "hello_not_listening",
+        "hello_bad_magic",
+        "hello_v1",
+        "peers_empty",
+        "peers_one",
+        "peers_two",
+        "peers_49",
+        "peers_v1_entry",
+        "bitfield",
+        "bitfield_range",
+        "bitfield_last",
+        "bitfield_35",
+        "bitfield_past_end",
+        "reject_full",
+        "reject_shutdown",
+        "reject_empty",
+        "reject_2",
+        "reject_not_utf8",
+    ];
+    for name in quoted_v2 {
+        let v = v2.vectors.iter().find(|v| v.name == name).unwrap();
+        assert!(doc.contains(&v.hex), "docs/PROTOCOL.md does not quote v2 vector {name}");
+        assert!(doc.contains(&format!("`{name}`")), "docs/PROTOCOL.md does not name v2 vector {name}");
+    }
+    assert!(doc.contains(&v2.v1_answer.hex), "the v1 answer");
+    let v1 = v1_vectors();
+    for name in UNCHANGED.iter().copied().chain(["hello", "peers_two", "bitfield", "reject_full"]) {
+        let bytes = &v1.iter().find(|v| v.0 == name).unwrap().2;
+        assert!(doc.contains(&to_hex(bytes)), "docs/PROTOCOL.md does not quote v1 vector {name}");
+    }
+}
+
+#[test]
+fn the_documented_download_frames_are_what_pex_encodes() {
+    // Section 6.1: the frames of a download of hello.txt.
+    let doc = protocol_doc();
+    let manifest = connection::manifest();
+    let list = Bytes::from(std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/hello.list")).unwrap());
+    let root = Hash::of(&manifest);
+    for (what, frame) in [
+        ("ASK root", Frame::Ask(root)),
+        ("GIVE manifest", Frame::Give { hash: root, data: manifest.clone() }),
+        ("GIVE list", Frame::Give { hash: Hash::of(&list), data: list.clone() }),
+        ("BITFIELD (all)", Frame::Bitfield { root, first: 0, bits: Bytes::from_static(&[0x80]) }),
+        ("HAVE 0", Frame::Have { root, index: 0 }),
+    ] {
+        let line = format!("{what:<15}{}", to_hex(&frame.to_bytes()));
+        assert!(doc.contains(&line), "docs/PROTOCOL.md section 6.1 lacks {line}");
+    }
 }
