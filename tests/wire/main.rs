@@ -10,7 +10,8 @@
 //! - `connection`: one complete deterministic v2 connection
 //!   (fixtures/v2-connection.json), recomputed by pex and by `model`, an
 //!   independent implementation of the handshake and transport written from
-//!   the document and the Noise specification; and the transport's rules;
+//!   the document and the Noise specification;
+//! - `transport`: the rules of the handshake and transport, with its keys;
 //! - `props`: property tests: valid frames of every type, the same with one
 //!   field broken, and arbitrary bytes, each against [`spec_verdict`], a
 //!   decoder written here from the document;
@@ -26,6 +27,7 @@ mod limits;
 mod manifest;
 mod model;
 mod props;
+mod transport;
 mod vectors;
 
 use bytes::BytesMut;
