@@ -1,6 +1,6 @@
 //! A node's identity: an Ed25519 key pair whose public key is the node id,
 //! and the HELLO signature that binds that id to one Noise session
-//! (docs/PROTOCOL.md, "v2 HELLO"). Kept on disk as 32 secret bytes in a file
+//! (docs/PROTOCOL.md 2.2 and 4.4). Kept on disk as 32 secret bytes in a file
 //! only its owner may read.
 
 use crate::hash::NodeId;

@@ -1,4 +1,4 @@
-//! The v2 secure channel (docs/PROTOCOL.md, "v2 handshake and transport"):
+//! The v2 secure channel (docs/PROTOCOL.md 2.3 and 2.4):
 //! the `Noise_XX_25519_AESGCM_SHA256` handshake with the prologue `pex/2`,
 //! run by the `snow` crate over u16-length-prefixed messages, and the
 //! AES-256-GCM transport [`Cipher`] (ring: AES-NI and CLMUL) that seals and

@@ -293,7 +293,21 @@ impl Download {
     pub(super) fn apply_bitfield(&mut self, conn: u64, bits: &[u8]) {
         let Phase::Pieces(pc) = &mut self.phase else { return };
         let Some(p) = self.peers.get_mut(&conn) else { return };
-        if let Err(e) = bitfield::check(pc.blobs.blob_of.len(), bits) {
+        let pieces = pc.blobs.blob_of.len();
+        if bits.len() != pieces.div_ceil(8) {
+            // A range from piece 0 that stops short (the first of several for a
+            // file over 8 TiB): what it says, piece by piece.
+            if let Err(e) = bitfield::check_range(pieces, 0, bits) {
+                let reject = crate::wire::Frame::reject(crate::wire::RejectCode::ProtocolViolation, e);
+                p.conn.close(Some(reject));
+                return;
+            }
+            for index in bitfield::set_indices(0, bits) {
+                self.apply_have(conn, index);
+            }
+            return;
+        }
+        if let Err(e) = bitfield::check(pieces, bits) {
             let reject = crate::wire::Frame::reject(crate::wire::RejectCode::ProtocolViolation, e);
             p.conn.close(Some(reject));
             return;

@@ -277,3 +277,22 @@ async fn a_dont_have_from_a_peer_without_a_bitfield_rules_out_only_that_blob() {
 
 mod clock;
 mod faults;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bitfield_from_piece_0_that_stops_short_says_what_it_covers_and_is_no_violation() {
+    let data = pieces(9, 10);
+    let hashes: Vec<Hash> = data.iter().map(|d| Hash::of(d)).collect();
+    let info = FileInfo::new("f", 8 * PIECE_SIZE + 10, hashes.clone());
+    let h = start(info.root, Timeouts::default());
+    let (c1, mut o1) = join(&h, 1);
+    give_meta(&c1, &mut o1, &info).await;
+    // Nine pieces take two bytes; one byte covers pieces 0-7 (the first range of several).
+    h.events.send(DownloadEvent::Bitfield { conn: 1, bits: Bytes::from_static(&[0xFF]) }).unwrap();
+    for _ in 0..4 {
+        let asked = next_ask(&mut o1).await;
+        let i = hashes.iter().position(|x| *x == asked).unwrap();
+        assert!(i < 8, "piece {i} asked of a peer whose range covers only pieces 0-7");
+    }
+    assert!(!c1.is_closed(), "a short range from piece 0 was taken for a violation");
+    h.task.abort();
+}

@@ -1,6 +1,6 @@
 //! Manifests: what a root hash names. A file's pieces are listed in hash-list
 //! blobs, and the manifest lists those, so every blob fits one GIVE while
-//! files of petabytes still have a manifest (docs/PROTOCOL.md, "Manifest").
+//! files of petabytes still have a manifest (docs/PROTOCOL.md section 6).
 
 use crate::hash::Hash;
 use bytes::{BufMut, Bytes, BytesMut};

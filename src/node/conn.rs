@@ -30,6 +30,9 @@ const GOOD_CONNECTION: Duration = Duration::from_secs(10);
 pub(super) const RETRY_FULL: u16 = 5;
 /// Retry-after sent with REJECT(6) (shutting down): it may come back.
 pub(super) const RETRY_SHUTDOWN: u16 = 10;
+/// Retry-after sent with REJECT(1) (already connected): not while the other
+/// connection lives, but the address stays worth knowing.
+pub(super) const RETRY_DUPLICATE: u16 = 60;
 
 /// Binds a listener with socket2: dual-stack IPv6 when the address is IPv6,
 /// SO_REUSEADDR, large buffers. Falls back to IPv4 when IPv6 is unavailable.
@@ -138,6 +141,10 @@ async fn admit(
         tracing::info!(peer = %addr, "{err}");
         if user {
             shared.bans.ban(id, []);
+        } else {
+            // A learned pin that does not hold is forgotten with its address:
+            // a later PEERS may teach it again, with the right id.
+            shared.exchange.table().remove(&addr);
         }
         hs.refuse_silently().await;
         return Err(err);
@@ -154,7 +161,7 @@ async fn admit(
     };
     if let Some((code, reason, err)) = refusal {
         tracing::debug!(peer = %addr, ?direction, "refusing: {err}");
-        hs.refuse(code, reason).await;
+        hs.refuse(code, 0, reason).await;
         return Err(err);
     }
     let shareable = hs.hello.shareable();
@@ -173,14 +180,15 @@ async fn admit(
         if newly_verified {
             shared.announce(PeerEntry { node_id: id, addr }, 0);
         }
-        hs.refuse(RejectCode::Duplicate, "already connected (the connection dialled by the smaller node id stays)")
-            .await;
+        let reason = "already connected (the connection dialled by the smaller node id stays)";
+        hs.refuse(RejectCode::Duplicate, RETRY_DUPLICATE, reason).await;
         return Err(PeerError::Duplicate(id));
     };
     if let Some(old) = displaced {
         tracing::debug!(peer = %old.addr, "closing a duplicate connection");
-        old.close(Some(Frame::reject(
+        old.close(Some(Frame::reject_retry(
             RejectCode::Duplicate,
+            RETRY_DUPLICATE,
             "already connected (the connection dialled by the smaller node id stays)",
         )));
     }

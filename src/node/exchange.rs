@@ -121,7 +121,8 @@ impl Shared {
         if self.local_addr == Some(*addr) {
             return true;
         }
-        let known_id = self.exchange.table().get(addr).and_then(|e| e.node_id);
+        // The id verified there, or else the one PEERS or the user said is there.
+        let known_id = self.exchange.table().get(addr).and_then(|e| e.node_id.or(e.expected));
         if known_id.is_some_and(|id| self.registry.has_node(&id) || self.bans.is_banned(&id, addr)) {
             return true;
         }

@@ -78,9 +78,11 @@ impl Handshaken {
         (self.hello.listen_port != 0).then(|| SocketAddr::new(self.addr.ip(), self.hello.listen_port))
     }
 
-    /// Refuses the connection: REJECT, then a gentle close.
-    pub async fn refuse(mut self, code: RejectCode, reason: &str) {
-        linger_close(&mut self.writer, &mut self.reader, Some(Frame::reject(code, reason))).await;
+    /// Refuses the connection: REJECT (asking the peer to wait `retry_after`
+    /// seconds before dialling again; 0: not to), then a gentle close.
+    pub async fn refuse(mut self, code: RejectCode, retry_after: u16, reason: &str) {
+        let reject = Frame::reject_retry(code, retry_after, reason);
+        linger_close(&mut self.writer, &mut self.reader, Some(reject)).await;
     }
 
     /// The encrypted frame reader and writer, for tools and tests that go on by hand.

@@ -112,6 +112,10 @@ impl PeerTable {
         }
         let now = Instant::now();
         if let Some(e) = self.entries.get_mut(&addr) {
+            if pinned && !e.pinned {
+                // The user gives an address learned before: a learned pin no longer applies.
+                e.expected = None;
+            }
             e.pinned |= pinned;
             return;
         }

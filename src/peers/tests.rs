@@ -540,3 +540,12 @@ fn a_pin_from_the_user_replaces_a_learned_one_and_retry_after_is_honoured() {
     t.retry_after(addr(2), 0);
     assert!(t.get(&addr(2)).is_some(), "one the user gave is kept");
 }
+
+#[test]
+fn an_address_the_user_gives_after_learning_it_drops_the_learned_pin() {
+    let mut t = PeerTable::default();
+    t.add(addr(1), false);
+    t.expect(addr(1), id(1), false);
+    t.add(addr(1), true);
+    assert_eq!(t.get(&addr(1)).unwrap().expected, None);
+}

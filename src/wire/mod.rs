@@ -504,7 +504,11 @@ pub fn decode_body(kind: u8, mut body: Bytes) -> Result<Frame, FrameError> {
 /// The one v1 frame a v2 node still writes: a plaintext v1 REJECT (code,
 /// then the reason; no retry-after), the answer to a v1 HELLO before closing.
 pub fn v1_reject(code: RejectCode, reason: &str) -> Vec<u8> {
-    let reason = &reason.as_bytes()[..reason.len().min(MAX_REJECT_REASON)];
+    let mut end = reason.len().min(MAX_REJECT_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = reason[..end].as_bytes();
     let mut v = Vec::with_capacity(LEN_PREFIX + 2 + reason.len());
     v.extend_from_slice(&(2 + reason.len() as u32).to_be_bytes());
     v.push(kind::REJECT);

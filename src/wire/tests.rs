@@ -117,7 +117,7 @@ fn one_of_each() -> Vec<Frame> {
 #[test]
 fn every_frame_type_has_its_documented_name() {
     let h = Hash::of(b"x");
-    // docs/PROTOCOL.md section 3 names the types; keep-alive and unknown types as logs show them.
+    // docs/PROTOCOL.md sections 3 and 4 name the types; keep-alive and unknown types as logs show them.
     let table = [
         (Frame::KeepAlive, "KEEPALIVE"),
         (Frame::Ask(h), "ASK"),
@@ -282,4 +282,7 @@ fn the_v1_answer_is_a_plaintext_v1_reject() {
     assert_eq!(&v[..6], &[0, 0, 0, 14, 7, 3]);
     assert_eq!(&v[6..], b"speaks pex/2");
     assert!(v1_reject(RejectCode::ProtocolViolation, &"x".repeat(300)).len() == 4 + 2 + 200);
+    let cut = v1_reject(RejectCode::ProtocolViolation, &"é".repeat(150));
+    assert_eq!(cut.len(), 4 + 2 + 200);
+    assert!(std::str::from_utf8(&cut[6..]).is_ok(), "cut on a character boundary");
 }

@@ -3,7 +3,7 @@
 use super::*;
 
 // ---------------------------------------------------------------------------
-// Scheduling rules on a paused clock (docs/PROTOCOL.md section 6, DESIGN.md
+// Scheduling rules on a paused clock (docs/PROTOCOL.md section 7, DESIGN.md
 // "Downloads"). Tokio's test clock moves only when every task waits, and never
 // while a blocking task (a piece being verified) runs, so "not before" and
 // "within" below are exact whatever the load on the machine.
