@@ -508,7 +508,7 @@ pub fn v1_reject(code: RejectCode, reason: &str) -> Vec<u8> {
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
-    let reason = reason[..end].as_bytes();
+    let reason = &reason.as_bytes()[..end];
     let mut v = Vec::with_capacity(LEN_PREFIX + 2 + reason.len());
     v.extend_from_slice(&(2 + reason.len() as u32).to_be_bytes());
     v.push(kind::REJECT);
