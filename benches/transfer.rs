@@ -121,6 +121,8 @@ fn processes(bin: &Path, src: &Path, dir: &Path) -> Run {
         .expect("a fetch command for [::1]");
     let before = cpu_of(seeder.id());
     let start = Instant::now();
+    // Reaped below with wait4, which also reports its CPU time.
+    #[allow(clippy::zombie_processes)]
     let fetcher = Command::new(bin)
         .args(["fetch", &root, "--peer", &peer, "-q", "-o"])
         .arg(dir.join("out"))
