@@ -121,8 +121,9 @@ impl Shared {
         if self.local_addr == Some(*addr) {
             return true;
         }
-        // The id verified there, or else the one PEERS or the user said is there.
-        let known_id = self.exchange.table().get(addr).and_then(|e| e.node_id.or(e.expected));
+        // Only the id verified there: an address must be dialled once to be
+        // verified (and shared), even when its node is connected another way.
+        let known_id = self.exchange.table().get(addr).and_then(|e| e.node_id);
         if known_id.is_some_and(|id| self.registry.has_node(&id) || self.bans.is_banned(&id, addr)) {
             return true;
         }
