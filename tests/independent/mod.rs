@@ -1263,6 +1263,24 @@ impl Node {
         self.peer_as(&Identity::random())
     }
 
+    /// Like [`Node::peer_as`] for an identity whose previous connection just closed: REJECT(1)
+    /// is retried until the node has seen that close.
+    fn peer_again_as(&self, me: &Identity) -> Conn {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let mut c = self.dial();
+            c.send(&me.hello(&c.hh, 0, 0));
+            c.expect_hello(Some(self.port));
+            let f = c.recv();
+            if f.is(PEERS) {
+                return c;
+            }
+            assert!(f.is(REJECT) && f.body[0] == DUPLICATE, "reconnecting: {}", f.show());
+            assert!(Instant::now() < deadline, "the node still holds the closed connection");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Resident set size of the node in KiB, from /proc.
     fn rss_kib(&self) -> u64 {
         try_rss_kib(self.child.id()).expect("the node's /proc/<pid>/status has no VmRSS")
@@ -1990,20 +2008,7 @@ fn a_second_connection_of_one_identity_and_the_node_itself_are_refused() {
     // Once the first connection is gone, the identity is welcome again (polled: the node sees
     // the close when it sees it).
     drop(first);
-    let deadline = Instant::now() + IO_TIMEOUT;
-    loop {
-        let mut c = node.dial();
-        c.send(&me.hello(&c.hh, 0, 0));
-        c.expect_hello(Some(node.port));
-        let f = c.recv();
-        if f.is(PEERS) {
-            c.probe(&mut rng);
-            break;
-        }
-        assert!(f.is(REJECT) && f.body[0] == DUPLICATE, "reconnecting: {}", f.show());
-        assert!(Instant::now() < deadline, "the node still holds the closed connection");
-        thread::sleep(Duration::from_millis(50));
-    }
+    node.peer_again_as(&me).probe(&mut rng);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2514,4 +2519,454 @@ fn shutting_down_sends_reject_6_with_retry_after_10() {
     );
     let status = node.child.wait_within(IO_TIMEOUT);
     eprintln!("pex seed after SIGINT: {status}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Time-outs: silent, dribbling, stalled and slow connections; keep-alives (5.8)
+// ---------------------------------------------------------------------------------------------
+
+/// Frames read on a thread of its own until EOF or an error (which ends the stream).
+fn frame_reader(mut rx: Rx) -> mpsc::Receiver<io::Result<Option<Frame>>> {
+    let (tx, out) = mpsc::channel();
+    thread::spawn(move || loop {
+        let f = rx.read_frame();
+        let more = matches!(f, Ok(Some(_)));
+        if tx.send(f).is_err() || !more {
+            break;
+        }
+    });
+    out
+}
+
+/// Writes `wire` one byte every `pace` until the node closes; returns the frames it sent
+/// (keep-alives aside) and how many bytes had been written when the close was seen.
+fn dribble(c: Conn, wire: Vec<u8>, pace: Duration, limit: Duration) -> (Vec<Frame>, usize) {
+    let t0 = Instant::now();
+    let Conn { rx, mut tx, .. } = c;
+    let frames_rx = frame_reader(rx);
+    let (mut sent, mut writing, mut next) = (0, true, Instant::now());
+    let mut frames: Vec<Frame> = Vec::new();
+    loop {
+        let shown = |frames: &[Frame]| frames.iter().map(Frame::show).collect::<Vec<_>>();
+        assert!(t0.elapsed() < limit, "dribbling connection still open after {limit:?}; got {:?}", shown(&frames));
+        if writing && sent < wire.len() && Instant::now() >= next {
+            match tx.s.write_all(&wire[sent..=sent]) {
+                Ok(()) => sent += 1,
+                Err(_) => writing = false, // the node has closed; its frames are still to be read
+            }
+            next += pace;
+        }
+        let wait = if writing && sent < wire.len() { next.saturating_duration_since(Instant::now()) } else { Duration::from_secs(1) };
+        match frames_rx.recv_timeout(wait) {
+            Ok(Ok(Some(f))) if f.ty.is_none() => {}
+            Ok(Ok(Some(f))) => {
+                check_rules(&f);
+                let done = f.is(DONT_HAVE) && sent == wire.len();
+                frames.push(f);
+                if done {
+                    return (frames, sent);
+                }
+            }
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) if is_reset(&e) => break,
+            Ok(Err(e)) => panic!("dribbling connection: {e}; got {:?}", shown(&frames)),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => unreachable!("the reader ends with EOF or an error"),
+        }
+    }
+    (frames, sent)
+}
+
+#[test]
+fn silent_dribbling_and_stalled_connections_are_closed_while_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 2 * PIECE + 1000; // 3 pieces, the last one short
+    let (file, original) = write_file(dir.path(), "three.bin", size, 7);
+    let hashes = piece_hashes(&original);
+    let mut node = Node::start(&file, &["--hello-timeout", "1.5", "--idle-timeout", "2"]);
+    let port = node.port;
+    let mut rng = Rng::new(18);
+    let mut normal = node.peer();
+    let mut workers: Vec<(&str, thread::JoinHandle<String>)> = Vec::new();
+
+    // (a) TCP only, nothing sent: the handshake does not complete, closed without a byte.
+    workers.push((
+        "no handshake",
+        thread::spawn(move || {
+            let t0 = Instant::now();
+            let got = read_to_close(&mut tcp(port)).unwrap();
+            assert!(got.is_empty(), "no handshake: the node wrote {}", hex(&got));
+            format!("closed after {:?}", t0.elapsed())
+        }),
+    ));
+
+    // (b) The handshake, then nothing: the node's HELLO, then REJECT(3) (5.1 step 4).
+    workers.push((
+        "no HELLO",
+        thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut c = Conn::dial(port);
+            let got = transcript(&mut c, Some(port));
+            assert_eq!(got, ["HELLO", "REJECT(3)", "EOF"], "no HELLO after the handshake");
+            format!("REJECT(3) and closed after {:?}", t0.elapsed())
+        }),
+    ));
+
+    // (c) A valid HELLO message, one byte every 300 ms (38 s in all): REJECT(3) long before.
+    workers.push((
+        "dribbled HELLO",
+        thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut c = Conn::dial(port);
+            let wire = c.tx.seal(&Identity::random().hello(&c.hh, 0, 0));
+            let total = wire.len();
+            let (frames, sent) = dribble(c, wire, Duration::from_millis(300), Duration::from_secs(60));
+            let shown: Vec<String> = frames.iter().map(Frame::show).collect();
+            assert!(
+                frames.len() == 2 && frames[0].is(HELLO) && frames[1].is(REJECT) && frames[1].body[0] == VIOLATION,
+                "dribbled HELLO: expected HELLO, REJECT(3), EOF; got {shown:?}"
+            );
+            assert!(sent < total, "the dribbled HELLO was complete before the REJECT");
+            format!("REJECT(3) after {:?}, {sent} of {total} bytes sent", t0.elapsed())
+        }),
+    ));
+
+    // (d) After the set-up, a GIVE announced as 1 MiB that stops after 11 bytes, and (e) a
+    // transport message announced as 1000 bytes that stops after 10: closed by the idle
+    // time-out without REJECT.
+    for (case, partial) in [("stalled frame", true), ("stalled message", false)] {
+        workers.push((
+            case,
+            thread::spawn(move || {
+                let mut c = Conn::dial(port);
+                c.handshake(&Identity::random(), Some(port));
+                let t0 = Instant::now();
+                if partial {
+                    c.send(&[0x00, 0x10, 0x00, 0x00, GIVE, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+                } else {
+                    c.tx.send_raw(&[&[0x03, 0xe8][..], &[7; 10]].concat());
+                }
+                let got = transcript(&mut c, None);
+                assert!(got.iter().all(|t| t == "keep-alive" || t == "EOF"), "{case}: expected a close without REJECT, got {got:?}");
+                format!("closed after {:?}", t0.elapsed())
+            }),
+        ));
+    }
+
+    // (f) A message arriving slowly (one byte every 100 ms, 2.75 times the idle time-out in
+    // all) keeps the connection open: its ASK is answered.
+    workers.push((
+        "slow ASK",
+        thread::spawn(move || {
+            let mut c = Conn::dial(port);
+            c.handshake(&Identity::random(), Some(port));
+            let h = Rng::new(99).hash();
+            let wire = c.tx.seal(&ask(&h));
+            let t0 = Instant::now();
+            let (frames, _) = dribble(c, wire, Duration::from_millis(100), Duration::from_secs(60));
+            let shown: Vec<String> = frames.iter().map(Frame::show).collect();
+            assert!(frames.len() == 1 && frames[0].wire() == dont_have(&h), "slow ASK: got {shown:?}");
+            format!("answered after {:?}", t0.elapsed())
+        }),
+    ));
+
+    // (g) Meanwhile a normal client keeps ASKing and getting its pieces.
+    let mut rounds = 0;
+    while !workers.iter().all(|(_, w)| w.is_finished()) {
+        let i = rounds % hashes.len();
+        normal.fetch_expect(&hashes[i], &original[i * PIECE..((i + 1) * PIECE).min(size)]);
+        rounds += 1;
+        thread::sleep(Duration::from_millis(100)); // pacing, well inside the 2 s idle time-out
+    }
+    for (case, w) in workers {
+        eprintln!("{case}: {}", join(w));
+    }
+    eprintln!("the normal client completed {rounds} ASKs meanwhile");
+    assert!(rounds >= 5, "the normal client completed only {rounds} ASKs");
+    normal.fetch_expect(&hashes[2], &original[2 * PIECE..]);
+    assert!(node.alive(), "the node exited");
+}
+
+#[test]
+fn keep_alives_are_sent_and_keep_connections_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&small_file(dir.path(), 9), &["--keepalive", "0.5", "--idle-timeout", "3"]);
+    let mut rng = Rng::new(19);
+    let mut talker = node.peer();
+    let mut mute = node.peer();
+
+    // We send a keep-alive every 300 ms for 6 s (twice the idle time-out): the connection stays,
+    // and the node, which has nothing else to say, sends keep-alives of its own.
+    let t0 = Instant::now();
+    let mut received = 0;
+    while t0.elapsed() < Duration::from_secs(6) {
+        talker.send(&keepalive());
+        talker.rx.set_timeout(Duration::from_millis(300));
+        loop {
+            match talker.try_recv() {
+                Ok(Some(f)) if f.ty.is_none() => received += 1,
+                Ok(Some(f)) => panic!("unexpected {}", f.show()),
+                Ok(None) => panic!("the node closed a connection that sent keep-alives"),
+                Err(e) if is_timeout(&e) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    talker.rx.set_timeout(IO_TIMEOUT);
+    assert!(received >= 1, "no keep-alive from the node in 6 s with --keepalive 0.5");
+    talker.probe(&mut rng);
+
+    // The mute connection sent nothing all this while: closed without REJECT, although the
+    // node's own keep-alives went out on it.
+    let got = transcript(&mut mute, None);
+    assert!(got.iter().all(|t| t == "keep-alive" || t == "EOF"), "a mute connection: {got:?}");
+    assert!(got.len() > 1, "no keep-alive on the mute connection: {got:?}");
+    eprintln!("keep-alives: {received} on the talking connection; the mute one got {got:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. GIVEs under an upload limit (2.4)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn an_upload_limit_cuts_gives_into_smaller_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, original) = write_file(dir.path(), "two.bin", PIECE + 5000, 10);
+    let hashes = piece_hashes(&original);
+    // c = limit / 64, bounded to 16 KiB … 256 KiB, at most 65,519.
+    for (rate, cut) in [("2MiB", 32_768), ("512KiB", 16_384), ("64MiB", MAX_PLAIN)] {
+        let node = Node::start(&file, &["--max-upload-rate", rate]);
+        let mut c = node.peer();
+        c.rx.cut = cut;
+        let t0 = Instant::now();
+        c.fetch_expect(&hashes[0], &original[..PIECE]);
+        c.fetch_expect(&hashes[1], &original[PIECE..]);
+        c.send(&ask(&node.root));
+        let f = c.recv();
+        assert!(f.is(GIVE) && f.msgs.len() == 1, "the manifest: {}", f.show());
+        eprintln!("--max-upload-rate {rate}: two pieces in messages of {cut} bytes in {:?}", t0.elapsed());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Floods with bounded memory (5.5)
+// ---------------------------------------------------------------------------------------------
+
+const RSS_LIMIT_KIB: u64 = 150 * 1024;
+/// How long a well-behaved client may wait for a GIVE while another connection floods the node.
+const SERVE_LIMIT: Duration = Duration::from_secs(10);
+
+/// A random address in 2001:db8::/32, the IPv6 documentation prefix (nobody's real host).
+fn doc_addr(rng: &mut Rng) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    rng.fill(&mut o);
+    o[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    Ipv6Addr::from(o)
+}
+
+type FloodSetup = (tempfile::TempDir, Node, Vec<(Hash, Vec<u8>)>, Conn, Conn, Rng);
+
+/// A node seeding a 2-piece file, its pieces, a well-behaved connection and a flooding one, both
+/// set up before any flood (outbound connections the node may make share the connection limit).
+fn flood_setup(seed: u64) -> FloodSetup {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, original) = write_file(dir.path(), "two.bin", PIECE + 4321, seed);
+    let pieces: Vec<(Hash, Vec<u8>)> = original.chunks(PIECE).map(|d| (sha(d), d.to_vec())).collect();
+    let node = Node::start(&file, &[]);
+    let mut good = node.peer();
+    good.fetch_expect(&pieces[0].0, &pieces[0].1);
+    let flooder = node.peer();
+    (dir, node, pieces, good, flooder, Rng::new(seed + 100))
+}
+
+/// Watches a node during a flood: samples its VmRSS every 10 ms, and has a well-behaved client
+/// fetch a piece every 200 ms, each GIVE due within [`SERVE_LIMIT`].
+struct Watch {
+    stop: Arc<AtomicBool>,
+    rss_before: u64,
+    sampler: thread::JoinHandle<u64>,
+    client: thread::JoinHandle<(Conn, usize, Duration, Option<String>)>,
+}
+
+struct WatchReport {
+    rss_before: u64,
+    rss_max: u64,
+    rounds: usize,
+    slowest: Duration,
+    failure: Option<String>,
+    good: Conn,
+}
+
+impl Watch {
+    fn start(node: &Node, mut good: Conn, pieces: &[(Hash, Vec<u8>)]) -> Watch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let pid = node.child.id();
+        let sampler = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut most = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(rss) = try_rss_kib(pid) else { break };
+                    most = most.max(rss);
+                    thread::sleep(Duration::from_millis(10));
+                }
+                most
+            })
+        };
+        let client = {
+            let stop = stop.clone();
+            let pieces = pieces.to_vec();
+            thread::spawn(move || {
+                good.rx.set_timeout(SERVE_LIMIT);
+                let (mut rounds, mut slowest, mut failure) = (0, Duration::ZERO, None);
+                while !stop.load(Ordering::Relaxed) {
+                    let (h, data) = &pieces[rounds % pieces.len()];
+                    let t = Instant::now();
+                    if let Err(e) = good.try_fetch(h, data) {
+                        failure = Some(format!("{e} (after {:?})", t.elapsed()));
+                        break;
+                    }
+                    slowest = slowest.max(t.elapsed());
+                    rounds += 1;
+                    thread::sleep(Duration::from_millis(200));
+                }
+                good.rx.set_timeout(IO_TIMEOUT);
+                (good, rounds, slowest, failure)
+            })
+        };
+        Watch { stop, rss_before: node.rss_kib(), sampler, client }
+    }
+
+    fn finish(self) -> WatchReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let rss_max = join(self.sampler);
+        let (good, rounds, slowest, failure) = join(self.client);
+        WatchReport { rss_before: self.rss_before, rss_max, rounds, slowest, failure, good }
+    }
+}
+
+impl WatchReport {
+    /// What went wrong during the flood, if anything.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.rss_max == 0 || self.rss_max >= RSS_LIMIT_KIB {
+            problems.push(format!("the node's VmRSS reached {} KiB (limit {RSS_LIMIT_KIB} KiB)", self.rss_max));
+        }
+        if let Some(e) = &self.failure {
+            problems.push(format!("the well-behaved client was not served within {SERVE_LIMIT:?}: {e}"));
+        }
+        if self.rounds == 0 && self.failure.is_none() {
+            problems.push("the well-behaved client got no GIVE during the flood".to_owned());
+        }
+        problems
+    }
+
+    fn show(&self) -> String {
+        format!(
+            "VmRSS {} KiB before, at most {} KiB; the well-behaved client got {} GIVEs, slowest {:?}",
+            self.rss_before, self.rss_max, self.rounds, self.slowest
+        )
+    }
+}
+
+/// (a) 3,000 PEERS frames of 50 random node ids and addresses each (7.5 MB), then an ASK whose
+/// DONT_HAVE shows that every PEERS frame has been read.
+#[test]
+fn flood_of_peers_frames_keeps_memory_bounded_and_others_served() {
+    let (_dir, mut node, pieces, good, mut flooder, mut rng) = flood_setup(8);
+    let watch = Watch::start(&node, good, &pieces);
+
+    let start = Instant::now();
+    let probe = rng.hash();
+    let writer = {
+        let mut w = Tx { s: flooder.tx.s.try_clone().unwrap(), gcm: Gcm { key: flooder.tx.gcm.key.clone(), n: flooder.tx.gcm.n } };
+        let mut rng = Rng::new(rng.next_u64());
+        thread::spawn(move || -> io::Result<()> {
+            let mut batch = Vec::with_capacity(100 * 2505);
+            for i in 0..3_000 {
+                let entries: Vec<Entry> = (0..50).map(|_| (rng.hash(), doc_addr(&mut rng), 9)).collect();
+                batch.extend_from_slice(&peers(&entries));
+                if i % 100 == 99 {
+                    w.try_send(&batch)?;
+                    batch.clear();
+                }
+            }
+            w.try_send(&ask(&probe))?;
+            Ok(())
+        })
+    };
+    let digested = flooder.wait_for(&dont_have(&probe), start, IO_TIMEOUT);
+    let report = watch.finish();
+    eprintln!("PEERS flood: probe answered: {digested:?}; {}", report.show());
+    let mut problems = report.problems();
+    if let Err(e) = &digested {
+        problems.push(format!("the DONT_HAVE for an ASK sent after 3,000 PEERS frames did not come within {IO_TIMEOUT:?}: {e}"));
+    }
+    assert!(problems.is_empty(), "PEERS flood:\n{}", problems.join("\n"));
+    join(writer).expect("writing the PEERS flood");
+    let mut good = report.good;
+    good.fetch_expect(&pieces[1].0, &pieces[1].1);
+    assert!(node.alive(), "the node exited");
+}
+
+/// (b) Unsolicited GIVEs of 1 KiB (right hashes): 1024 are tolerated, the next one closes the
+/// connection with REJECT(5), without a ban (5.5).
+#[test]
+fn flood_of_unsolicited_gives_ends_with_reject_5_at_the_1025th() {
+    let (_dir, mut node, pieces, good, mut flooder, mut rng) = flood_setup(9);
+    let me = Identity::random();
+    drop(flooder);
+    flooder = node.peer_as(&me);
+    let watch = Watch::start(&node, good, &pieces);
+
+    let gives: Vec<u8> = (0..1024).flat_map(|_| give(&rng.bytes(1024))).collect();
+    let mut w = flooder.tx.s.try_clone().unwrap();
+    let wire = flooder.tx.seal_cut(&gives, MAX_PLAIN);
+    let writer = thread::spawn(move || w.write_all(&wire));
+    join(writer).unwrap();
+    flooder.probe(&mut rng); // all 1024 read, the connection still open
+    flooder.send(&give(&rng.bytes(1024)));
+    let f = flooder.expect_reject_then_close(MISBEHAVING, "the 1025th unsolicited GIVE");
+    let report = watch.finish();
+    eprintln!("GIVE flood: {}; {}", f.show(), report.show());
+    let problems = report.problems();
+    assert!(problems.is_empty(), "GIVE flood:\n{}", problems.join("\n"));
+
+    let mut good = report.good;
+    good.fetch_expect(&pieces[1].0, &pieces[1].1);
+    // No ban: the same identity is welcome again.
+    drop(flooder);
+    node.peer_again_as(&me).fetch_expect(&pieces[0].0, &pieces[0].1);
+    assert!(node.alive(), "the node exited");
+}
+
+/// (c) 20,000 ASKs for random hashes without reading the replies for a while (the node must push
+/// back, 5.5), then each answered by exactly one DONT_HAVE, in ASK order.
+#[test]
+fn flood_of_asks_keeps_memory_bounded_and_is_answered_in_order() {
+    let (_dir, mut node, pieces, good, mut flooder, mut rng) = flood_setup(10);
+    let watch = Watch::start(&node, good, &pieces);
+
+    let start = Instant::now();
+    let asked: Vec<Hash> = (0..20_000).map(|_| rng.hash()).collect();
+    let asks: Vec<u8> = asked.iter().flat_map(ask).collect();
+    let wire = flooder.tx.seal_cut(&asks, MAX_PLAIN);
+    let mut w = flooder.tx.s.try_clone().unwrap();
+    let writer = thread::spawn(move || w.write_all(&wire));
+    thread::sleep(Duration::from_secs(1)); // deliberately not reading: back-pressure builds up
+    for (i, h) in asked.iter().enumerate() {
+        let f = flooder.recv();
+        assert_eq!(f.wire(), dont_have(h), "ASK flood: answer {i}: {}", f.show());
+    }
+    join(writer).expect("writing the ASK flood");
+    let took = start.elapsed();
+    let report = watch.finish();
+    eprintln!("ASK flood: 20,000 DONT_HAVEs after {took:?}; {}", report.show());
+    let problems = report.problems();
+    assert!(problems.is_empty(), "ASK flood:\n{}", problems.join("\n"));
+
+    let mut good = report.good;
+    good.fetch_expect(&pieces[1].0, &pieces[1].1);
+    flooder.fetch_expect(&pieces[0].0, &pieces[0].1);
+    assert!(node.alive(), "the node exited");
 }
