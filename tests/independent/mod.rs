@@ -1135,7 +1135,11 @@ struct Listener {
 
 impl Listener {
     fn new() -> Listener {
-        let l = TcpListener::bind("[::1]:0").unwrap();
+        Listener::on("[::1]:0")
+    }
+
+    fn on(addr: &str) -> Listener {
+        let l = TcpListener::bind(addr).unwrap();
         l.set_nonblocking(true).unwrap();
         let port = l.local_addr().unwrap().port();
         Listener { l, port }
@@ -3179,11 +3183,14 @@ fn serve(c: &mut Conn, blobs: &HashMap<Hash, Vec<u8>>, pieces: &HashSet<Hash>) -
                     if pieces.contains(&h) && seen.bitfields.is_empty() {
                         seen.piece_asks_before_bitfield += 1;
                     }
-                    // Like pex, one frame per transport message (so answers may not share one).
-                    match blobs.get(&h) {
-                        Some(data) => c.send(&give(data)),
-                        None => c.send(&dont_have(&h)),
-                    }
+                    // Unlike pex, cut at odd places, after an empty message (2.4: receivers
+                    // accept any cutting).
+                    let answer = match blobs.get(&h) {
+                        Some(data) => give(data),
+                        None => dont_have(&h),
+                    };
+                    let wire = [c.tx.seal(&[]), c.tx.seal_cut(&answer, 7777)].concat();
+                    c.tx.send_raw(&wire);
                 }
                 Some(BITFIELD) => seen.bitfields.push((f.hash(), f.first(), f.body[36..].to_vec())),
                 Some(HAVE) => seen.haves.push((f.hash(), f.first())),
@@ -3351,4 +3358,39 @@ fn pex_fetch_bans_a_peer_that_gives_a_bad_manifest() {
     let mut other = Conn::dial(hello.port);
     other.handshake(&Identity::random(), Some(hello.port));
     drop(fetch);
+}
+
+/// 4.3 and 5.4: an address learned from PEERS (IPv4 travels IPv4-mapped) is dialled, and the
+/// node id of its entry is pinned to it: another id proven there ends the dial after the HELLOs.
+#[test]
+fn learned_addresses_are_dialled_and_held_to_their_node_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&small_file(dir.path(), 34), &[]);
+    let mut rng = Rng::new(34);
+    let (honest, liar, claimed) = (Identity::random(), Identity::random(), Identity::random());
+    let (l_honest, l_liar, l_self) =
+        (Listener::on("127.0.0.1:0"), Listener::on("127.0.0.1:0"), Listener::on("127.0.0.1:0"));
+    let v4 = ipv4("127.0.0.1");
+    let mut a = node.peer();
+    a.send(&peers(&[(node.id, v4, l_self.port), (honest.id(), v4, l_honest.port), (claimed.id(), v4, l_liar.port)]));
+
+    // The honest entry: dialled over IPv4, set up, kept.
+    let (mut c, hello, entries) = l_honest.accept_peer(&honest, IO_TIMEOUT);
+    assert_eq!(hello.id, node.id);
+    assert!(entries.is_empty(), "PEERS to the first verified dial: {entries:?}");
+    c.probe(&mut rng);
+
+    // The entry whose address proves another id: HELLO, then the close without another frame.
+    let mut c = Conn::respond(l_liar.accept(IO_TIMEOUT));
+    c.send(&liar.hello(&c.hh, l_liar.port, 1));
+    assert_eq!(transcript(&mut c, None), ["HELLO", "EOF"], "a learned pin that does not match (5.1 step 5.1)");
+
+    // The client now hears of the honest address, with its node id, decoded as sent.
+    let f = a.recv();
+    assert!(f.is(PEERS), "immediate discovery: expected PEERS, got {}", f.show());
+    assert_eq!(parse_peers(&f.body), [(honest.id(), v4, l_honest.port)]);
+    a.probe(&mut rng);
+
+    // The entry with the node's own id was never dialled (a weak check: nothing has come yet).
+    assert!(l_self.l.accept().is_err(), "the node dialled an entry carrying its own node id");
 }
