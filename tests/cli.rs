@@ -3,8 +3,7 @@
 mod common;
 mod hostile;
 mod identity;
-// Being rewritten for wire protocol v2 from the new docs (an independent v1 client until then).
-// mod independent;
+mod independent;
 mod terminal;
 mod truths;
 
