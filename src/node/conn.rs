@@ -149,7 +149,10 @@ async fn admit(
         hs.refuse_silently().await;
         return Err(err);
     }
-    let refusal = if id == shared.id {
+    let refusal = if shared.shutdown.is_cancelled() {
+        // Shutdown began during the handshake: no PEERS, no registration.
+        Some((RejectCode::ShuttingDown, "shutting down", PeerError::ShuttingDown))
+    } else if id == shared.id {
         if direction == Direction::Outbound {
             shared.exchange.table().mark_self(addr);
         }
@@ -161,7 +164,8 @@ async fn admit(
     };
     if let Some((code, reason, err)) = refusal {
         tracing::debug!(peer = %addr, ?direction, "refusing: {err}");
-        hs.refuse(code, 0, reason).await;
+        let retry = if code == RejectCode::ShuttingDown { RETRY_SHUTDOWN } else { 0 };
+        hs.refuse(code, retry, reason).await;
         return Err(err);
     }
     let shareable = hs.hello.shareable();
@@ -176,13 +180,19 @@ async fn admit(
         outbox = Some(o);
         conn
     });
-    let (Some((conn, displaced)), Some(outbox)) = (conn, outbox) else {
-        if newly_verified {
-            shared.announce(PeerEntry { node_id: id, addr }, 0);
+    let (conn, displaced, outbox) = match (conn, outbox) {
+        (Ok((conn, displaced)), Some(outbox)) => (conn, displaced, outbox),
+        (stays, _) => {
+            if newly_verified {
+                shared.announce(PeerEntry { node_id: id, addr }, 0);
+            }
+            let reason = match stays {
+                Err(d) if d == direction => "already connected (the older connection stays)",
+                _ => "already connected (the connection dialled by the smaller node id stays)",
+            };
+            hs.refuse(RejectCode::Duplicate, RETRY_DUPLICATE, reason).await;
+            return Err(PeerError::Duplicate(id));
         }
-        let reason = "already connected (the connection dialled by the smaller node id stays)";
-        hs.refuse(RejectCode::Duplicate, RETRY_DUPLICATE, reason).await;
-        return Err(PeerError::Duplicate(id));
     };
     if let Some(old) = displaced {
         tracing::debug!(peer = %old.addr, "closing a duplicate connection");

@@ -30,9 +30,10 @@ impl Registry {
     /// Registers a connection built by `make` (given its connection id and the
     /// node id's counters). With `node_id` already connected, only one of the
     /// two stays: the one in direction `keep` (dialled by the smaller node id);
-    /// two in the same direction keep the older. Returns `None` when the new
-    /// one is refused, else it and the connection it displaced (to close with
-    /// REJECT(1)). `shown` is the address reported for it in statistics.
+    /// two in the same direction keep the older. Returns the new one and the
+    /// connection it displaced (to close with REJECT(1)), or, when the new one
+    /// is refused, the direction of the one that stays. `shown` is the address
+    /// reported for it in statistics.
     pub fn register(
         &self,
         node_id: NodeId,
@@ -40,12 +41,12 @@ impl Registry {
         keep: Direction,
         shown: SocketAddr,
         make: impl FnOnce(u64, Arc<PeerStats>) -> PeerConn,
-    ) -> Option<(Arc<PeerConn>, Option<Arc<PeerConn>>)> {
+    ) -> Result<(Arc<PeerConn>, Option<Arc<PeerConn>>), Direction> {
         let mut reg = lock(&self.0);
         let mut displaced = None;
         if let Some(old) = reg.by_node.get(&node_id).and_then(|c| reg.by_conn.get(c)).cloned() {
             if old.direction == direction || direction != keep {
-                return None;
+                return Err(old.direction);
             }
             reg.by_conn.remove(&old.conn_id);
             reg.by_node.remove(&node_id);
@@ -58,7 +59,7 @@ impl Registry {
         let conn = Arc::new(make(conn_id, stats));
         reg.by_node.insert(node_id, conn_id);
         reg.by_conn.insert(conn_id, conn.clone());
-        Some((conn, displaced))
+        Ok((conn, displaced))
     }
 
     /// Unregisters a closed connection (not another one of the same node id).
@@ -218,7 +219,7 @@ mod tests {
         let (out, inb) = (Direction::Outbound, Direction::Outbound);
         let (first, _) = reg.register(id, out, out, addr, make).expect("the first connection is registered");
         assert!(
-            reg.register(id, inb, out, addr, make).is_none(),
+            reg.register(id, inb, out, addr, make).is_err(),
             "a second connection in the same direction is refused"
         );
         assert!(reg.has_node(&id) && reg.has_addr(&first.addr) && reg.len() == 1);
@@ -246,13 +247,13 @@ mod tests {
         };
         let outbound = |conn_id, stats| PeerConn::detached_with(conn_id, id, stats).0;
         let (first, _) = reg.register(id, inb, out, addr, inbound).unwrap();
-        assert!(reg.register(id, inb, out, addr, inbound).is_none(), "same direction: the older stays");
+        assert_eq!(reg.register(id, inb, out, addr, inbound).err(), Some(inb), "same direction: the older stays");
         let (kept, displaced) = reg.register(id, out, out, addr, outbound).expect("the kept direction wins");
         assert_eq!(displaced.unwrap().conn_id, first.conn_id);
         assert_eq!(reg.len(), 1);
         reg.remove(&first);
         assert!(reg.has_node(&id), "removing the displaced one leaves the kept one registered");
-        assert!(reg.register(id, inb, out, addr, inbound).is_none(), "the other direction never displaces it");
+        assert_eq!(reg.register(id, inb, out, addr, inbound).err(), Some(out), "the other direction never displaces it");
         reg.remove(&kept);
         assert!(!reg.has_node(&id));
     }
