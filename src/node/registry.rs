@@ -253,7 +253,11 @@ mod tests {
         assert_eq!(reg.len(), 1);
         reg.remove(&first);
         assert!(reg.has_node(&id), "removing the displaced one leaves the kept one registered");
-        assert_eq!(reg.register(id, inb, out, addr, inbound).err(), Some(out), "the other direction never displaces it");
+        assert_eq!(
+            reg.register(id, inb, out, addr, inbound).err(),
+            Some(out),
+            "the other direction never displaces it"
+        );
         reg.remove(&kept);
         assert!(!reg.has_node(&id));
     }

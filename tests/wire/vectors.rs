@@ -219,7 +219,8 @@ pub fn build_fixture(conn: &ConnectionFixture) -> VectorsFixture {
         valid(
             "peers_fifty",
             raw_frame(2, &fifty),
-            "PEERS of 50 entries, the most allowed: entry i (0-49) is node id SHA-256(\"peer\" || i) at \
+            "PEERS of 50 entries, the most allowed: entry i (0-49) is node id SHA-256(\"peer\" || i), i one \
+             byte, at \
              10.0.0.i (even i, IPv4-mapped) or [2001:db8::i] (odd i), port 9000 + i",
         ),
         valid(
@@ -275,7 +276,12 @@ pub fn build_fixture(conn: &ConnectionFixture) -> VectorsFixture {
             "HELLO with magic PEY",
         ),
         invalid("peers_49", raw_frame(2, &fifty[..49]), "BadLength", "PEERS body of 49 bytes"),
-        invalid("peers_51_entries", raw_frame(2, &fifty_one), "BadLength", "PEERS of 51 entries (2,550 bytes)"),
+        invalid(
+            "peers_51_entries",
+            raw_frame(2, &fifty_one),
+            "BadLength",
+            "PEERS of 51 entries (2,550 bytes): entries 0-50 built as in peers_fifty",
+        ),
         invalid(
             "peers_v1_entry",
             raw_frame(2, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x23, 0x28]),
@@ -299,7 +305,7 @@ pub fn build_fixture(conn: &ConnectionFixture) -> VectorsFixture {
             "reject_reason_201",
             raw_frame(7, &reject_body(3, 0, &[b'a'; 201])),
             "BadLength",
-            "REJECT with a 201-byte reason (body 204 bytes)",
+            "REJECT(3), retry-after 0, with a 201-byte reason: \"a\" 201 times (body 204 bytes)",
         ),
         invalid("reject_not_utf8", raw_frame(7, &reject_body(3, 0, &[0xff])), "ReasonNotUtf8", "REJECT reason ff"),
     ];
