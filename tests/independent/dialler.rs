@@ -81,7 +81,7 @@ fn peer_exchange_and_the_duplicate_rule_across_directions() {
     let (_, entries) = d_low.handshake(&low, Some(node.port));
     assert_eq!(entries, [entry(&high.id(), l_high.port)], "PEERS to `low` leaves out its own entry");
     let f = c_low.expect_reject_then_close(DUPLICATE, "the node's dial, when the smaller id dials in");
-    assert_eq!((f.retry_after(), f.reason().as_str()), (0, reason), "{}", f.show());
+    assert_eq!((f.retry_after(), f.reason().as_str()), (60, reason), "{}", f.show());
     d_low.probe(&mut rng);
 
     // With `high` > node id: the node's own dial stays; ours gets REJECT(1) after the HELLOs.
@@ -89,7 +89,7 @@ fn peer_exchange_and_the_duplicate_rule_across_directions() {
     d_high.send(&high.hello(&d_high.hh, 0, 0));
     d_high.expect_hello(Some(node.port));
     let f = d_high.expect_reject_then_close(DUPLICATE, "dialling in while the node's dial to us is live");
-    assert_eq!((f.retry_after(), f.reason().as_str()), (0, reason), "{}", f.show());
+    assert_eq!((f.retry_after(), f.reason().as_str()), (60, reason), "{}", f.show());
     c_high.probe(&mut rng);
     a.probe(&mut rng);
 }

@@ -327,7 +327,12 @@ fn a_second_connection_of_one_identity_and_the_node_itself_are_refused() {
     dup.send(&me.hello(&dup.hh, 0, 0));
     dup.expect_hello(Some(node.port));
     let f = dup.expect_reject_then_close(DUPLICATE, "a second connection with a live node id");
-    assert_eq!(f.retry_after(), 0, "{}", f.show());
+    assert_eq!(
+        (f.retry_after(), f.reason().as_str()),
+        (60, "already connected (the older connection stays)"),
+        "{}",
+        f.show()
+    );
     first.probe(&mut rng);
 
     // 5.1 step 5.2: the node's own id (we hold its identity file) gets REJECT(4).

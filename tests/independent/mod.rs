@@ -89,9 +89,10 @@ const SHUTTING_DOWN: u8 = 6;
 /// The retry-after pex sends with each code (4.8).
 fn retry_after_for(code: u8) -> Option<u16> {
     match code {
+        DUPLICATE => Some(60),
         LIMIT => Some(5),
         SHUTTING_DOWN => Some(10),
-        1..=5 => Some(0),
+        3..=5 => Some(0),
         _ => None,
     }
 }
