@@ -187,7 +187,10 @@ fn a_capture_of_a_fetch_between_two_processes_holds_neither_the_root_nor_any_32_
     let (relay, seen, stop) = recording_relay(&seeder.addr);
     let out = dir.path().join("copy.bin");
     // The seeder's node id, at the relay's address: the relay cannot pose as anyone.
-    let o = fetch(&seeder.root, &format!("{}@{relay}", seeder.id), &out, &dir.path().join("f"));
+    // --no-pex: the fetcher advertises no port, so the seeder cannot dial it back around the relay.
+    let mut args = fetch_args(&seeder.root, &format!("{}@{relay}", seeder.id), &out, &dir.path().join("f"));
+    args.push("--no-pex".into());
+    let o = run(Command::new(PEX).args(&args));
     stop.store(true, Ordering::SeqCst);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(std::fs::read(&out).unwrap() == bytes);
