@@ -10,7 +10,8 @@
 //!   signature), [`wire`] (frame codec), [`noise`] (the Noise handshake and
 //!   transport cipher), [`manifest`],
 //!   [`bitfield`], [`picker`] (piece choice), [`text`] (showing untrusted text),
-//!   [`timeouts`], [`ratelimit`], [`peers`] (the known-address table);
+//!   [`timeouts`], [`ratelimit`], [`peers`] (the known-address table),
+//!   [`ticket`] (a root and where to fetch it, as one string);
 //! - storage: [`mapping`] (the only code that touches mapped memory),
 //!   [`store`] (served files and `.part` files), [`datadir`] (records);
 //! - [`connection`]: framed I/O over a socket;
@@ -38,6 +39,7 @@ pub mod picker;
 pub mod ratelimit;
 pub mod store;
 pub mod text;
+pub mod ticket;
 pub mod timeouts;
 pub mod wire;
 
@@ -69,6 +71,7 @@ mod layering {
         "noise",
         "manifest",
         "peers",
+        "ticket",
         "mapping",
         "datadir",
         "store",

@@ -5,6 +5,7 @@ mod hostile;
 mod identity;
 mod independent;
 mod terminal;
+mod tickets;
 mod truths;
 
 use common::{data, PATIENCE};

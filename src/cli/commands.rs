@@ -24,11 +24,14 @@ pub async fn run(command: Command, quiet: bool) -> Result<i32> {
     match command {
         Command::Hash { file } => hash(&file, quiet, token).await,
         Command::Seed { file, rehash, node } => seed(file, rehash, node, quiet, token).await,
-        Command::Fetch { hash, output, seed, connect_timeout, give_up_after, node } => {
+        Command::Fetch { hash: ticket, output, seed, connect_timeout, give_up_after, node } => {
+            let mut expect: Vec<_> = node.peers.iter().filter_map(|p| Some((p.addr, p.node_id?))).collect();
+            expect.extend(ticket.peers.iter().map(|(id, addr)| (*addr, *id)));
+            let hash = ticket.root;
             let opts = FetchOptions {
                 output,
                 peers: node.peers.iter().filter(|p| p.node_id.is_none()).map(|p| p.addr).collect(),
-                expect: node.peers.iter().filter_map(|p| Some((p.addr, p.node_id?))).collect(),
+                expect,
                 connect_timeout: Duration::from_secs(connect_timeout),
                 give_up_after: Duration::from_secs(give_up_after),
             };
@@ -36,6 +39,7 @@ pub async fn run(command: Command, quiet: bool) -> Result<i32> {
         }
         Command::Serve { node } => serve(node, quiet, token).await,
         Command::Id { data_dir, json } => id(data_dir, json),
+        Command::Ticket { root, listen, data_dir } => ticket(root, listen, data_dir),
         Command::Demo { size } => demo(size, quiet, token).await,
     }
 }
@@ -80,6 +84,24 @@ async fn start_node(args: &NodeArgs, default_listen: &str, token: CancellationTo
         }
     }
     Ok(node)
+}
+
+/// A ticket for `root` at this node's routable addresses for `listen`.
+fn ticket_for(root: Hash, id: pex::NodeId, listen: SocketAddr) -> pex::ticket::Ticket {
+    let peers = addrs::reachable(listen).into_iter().take(pex::ticket::MAX_PEERS).map(|a| (id, a)).collect();
+    pex::ticket::Ticket { root, peers }
+}
+
+/// `pex ticket ROOT`: a ticket for a file this data directory serves.
+fn ticket(root: Hash, listen: SocketAddr, data_dir: Option<PathBuf>) -> Result<i32> {
+    let dir = data_dir.unwrap_or_else(DataDir::default_path);
+    let dd = DataDir::open(&dir).map_err(|e| anyhow!("{}", io_message(&e)))?;
+    if !dd.seeds().into_iter().flatten().any(|(_, info)| info.root == root) {
+        bail!("this node serves no file with root {root} (see `pex serve`)");
+    }
+    let id = dd.identity().map_err(|e| anyhow!("{}", io_message(&e)))?.node_id();
+    println!("{}", ticket_for(root, id, listen));
+    Ok(0)
 }
 
 /// `pex id`: this data directory's node id (its identity is created if new).
@@ -183,6 +205,8 @@ async fn seed(file: PathBuf, rehash: bool, args: NodeArgs, quiet: bool, token: C
     if let Some(listen) = node.local_addr() {
         let id = node.id();
         out.extend(addrs::reachable(listen).iter().map(|a| format!("pex fetch {} --peer {id}@{a}", info.root)));
+        // Last, the whole of it in one string: `pex fetch TICKET` needs nothing else.
+        out.push(ticket_for(info.root, id, listen).to_string());
     }
     if args.json {
         eprintln!("{}", out.join("\n"));
@@ -198,7 +222,11 @@ async fn seed(file: PathBuf, rehash: bool, args: NodeArgs, quiet: bool, token: C
     serve_until_cancelled(&node, &format!("serving {name}"), quiet, &token).await;
     node.shutdown().await;
     if args.json {
-        println!("{}", summary(&node, Some(info.root), info.manifest.size, started));
+        let mut s = summary(&node, Some(info.root), info.manifest.size, started);
+        if let Some(listen) = node.local_addr() {
+            s["ticket"] = json!(ticket_for(info.root, node.id(), listen).to_string());
+        }
+        println!("{s}");
     }
     Ok(EXIT_INTERRUPTED)
 }
@@ -216,6 +244,17 @@ async fn serve(args: NodeArgs, quiet: bool, token: CancellationToken) -> Result<
         }
         let files = ui::count(served.len(), "file", "files");
         eprintln!("serving {files} on {}; Ctrl-C to stop", listening(&node));
+    }
+    // One ticket per file served (on stderr with --json, which keeps stdout for the summary).
+    if let Some(listen) = node.local_addr() {
+        for info in &served {
+            let t = ticket_for(info.root, node.id(), listen);
+            if args.json {
+                eprintln!("{t}");
+            } else {
+                println!("{t}");
+            }
+        }
     }
     let files = ui::count(served.len(), "file", "files");
     serve_until_cancelled(&node, &format!("serving {files}"), quiet, &token).await;
@@ -264,7 +303,7 @@ async fn fetch(
     token: CancellationToken,
 ) -> Result<i32> {
     let started = Instant::now();
-    if args.peers.is_empty() {
+    if args.peers.is_empty() && opts.expect.is_empty() {
         bail!("no peer given: use --peer ADDR (for example --peer [::1]:9000)");
     }
     check_output(&opts.output)?;

@@ -47,11 +47,12 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
-    /// Download a file by root hash from the swarm, verifying every piece.
+    /// Download a file by root hash (or ticket) from the swarm, verifying every piece.
     Fetch {
-        /// Root hash: 64 hex digits.
-        #[arg(value_parser = parse_root)]
-        hash: Hash,
+        /// Root hash (64 hex digits), or a ticket `pex:ROOT?peer=NODEID@[ADDR]:PORT&…`
+        /// as `seed` prints (its peers are dialled like `--peer NODEID@ADDR`).
+        #[arg(value_parser = parse_target, value_name = "ROOT|TICKET")]
+        hash: pex::ticket::Ticket,
         /// Output file, or an existing directory to save into (default: the
         /// file's name in the current directory). Never overwritten.
         #[arg(short, long)]
@@ -77,6 +78,18 @@ enum Command {
     Serve {
         #[command(flatten)]
         node: NodeArgs,
+    },
+    /// Print a ticket for a file this node serves: its root and this node's addresses.
+    Ticket {
+        /// Root hash: 64 hex digits.
+        #[arg(value_parser = parse_root)]
+        root: Hash,
+        /// Where this node accepts connections (as given to `serve` or `seed`).
+        #[arg(long, value_name = "ADDR", default_value = "[::]:9000")]
+        listen: SocketAddr,
+        /// The data directory whose files and identity to use [default: as for seed].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Print this node's id (the public key of the identity in the data directory).
     Id {
@@ -154,6 +167,14 @@ impl NodeArgs {
 
 fn parse_root(s: &str) -> Result<Hash, String> {
     s.parse().map_err(|e| format!("invalid hash: {e}"))
+}
+
+/// A root hash, or a ticket (a root and the peers to fetch it from).
+fn parse_target(s: &str) -> Result<pex::ticket::Ticket, String> {
+    if pex::ticket::Ticket::looks_like(s) {
+        return pex::ticket::Ticket::parse(s).map_err(|e| format!("invalid ticket: {e}"));
+    }
+    Ok(pex::ticket::Ticket { root: parse_root(s)?, peers: Vec::new() })
 }
 
 /// A `--peer`: an address, and the node id expected there if one was given.
