@@ -99,3 +99,19 @@ fn serve_prints_a_ticket_for_each_file() {
     serve.signal(libc::SIGINT);
     assert_eq!(serve.wait_within(PATIENCE).code(), Some(130));
 }
+
+#[test]
+fn seed_json_reports_its_ticket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seeder, _, _) = Seeder::with_file(dir.path(), 1000, 98, &["--json"]);
+    // With --json the address block goes to stderr, stdout keeps the summary.
+    let printed = loop {
+        let line = seeder.errs.recv_timeout(PATIENCE).expect("the seeder printed no ticket");
+        if line.starts_with("pex:") {
+            break line;
+        }
+    };
+    let rest = seeder.interrupt();
+    let summary: serde_json::Value = serde_json::from_str(rest.last().expect("no summary")).unwrap();
+    assert_eq!(summary["ticket"], serde_json::json!(printed));
+}
