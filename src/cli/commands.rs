@@ -32,6 +32,7 @@ pub async fn run(command: Command, quiet: bool) -> Result<i32> {
                 output,
                 peers: node.peers.iter().filter(|p| p.node_id.is_none()).map(|p| p.addr).collect(),
                 expect,
+                remembered: Vec::new(),
                 connect_timeout: Duration::from_secs(connect_timeout),
                 give_up_after: Duration::from_secs(give_up_after),
             };
@@ -75,6 +76,7 @@ async fn start_node(args: &NodeArgs, default_listen: &str, token: CancellationTo
         max_upload_rate: args.max_upload_rate.filter(|r| *r > 0),
         timeouts: args.timeouts(),
         identity: None,
+        remember: !args.no_remember,
     };
     let node = Node::start(config, Some(data_dir), token).await?;
     for p in &args.peers {
@@ -303,11 +305,18 @@ async fn fetch(
     token: CancellationToken,
 ) -> Result<i32> {
     let started = Instant::now();
-    if args.peers.is_empty() && opts.expect.is_empty() {
-        bail!("no peer given: use --peer ADDR (for example --peer [::1]:9000)");
-    }
+    let mut opts = opts;
     check_output(&opts.output)?;
     let node = start_node(&args, "[::]:0", token.clone()).await?;
+    if args.peers.is_empty() && opts.expect.is_empty() {
+        // No address given: start from the peers this data directory remembers.
+        opts.remembered = node.remembered_peers();
+        if opts.remembered.is_empty() {
+            node.shutdown().await;
+            let why = if args.no_remember { "--no-remember" } else { "none remembered" };
+            bail!("no peer given and no remembered peers ({why}): use --peer ADDR or a ticket");
+        }
+    }
     let (tx, rx) = watch::channel(Progress::default());
     let known = rx.clone();
     let show = ui::interactive(quiet);

@@ -131,6 +131,9 @@ struct NodeArgs {
     /// Only talk to the peers given with --peer: learn and share no others.
     #[arg(long)]
     no_pex: bool,
+    /// Neither remember the peers met in the data directory nor start from those remembered.
+    #[arg(long)]
+    no_remember: bool,
     /// Print one JSON summary on stdout when the command ends.
     #[arg(long)]
     json: bool,

@@ -3,7 +3,8 @@
 //! (temporary file, fsync, rename, fsync of the directory).
 //!
 //! Layout: `files/<root>.manifest` and `files/<root>.hashes` (all piece hashes,
-//! the hash lists concatenated), and `seeds/<root>.json` for each file served.
+//! the hash lists concatenated), `seeds/<root>.json` for each file served,
+//! `identity` (the node's key) and `peers.json` (remembered peers).
 
 use crate::hash::Hash;
 use crate::manifest::{FileInfo, HASHES_PER_LIST};
@@ -253,6 +254,11 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     }
     result
 }
+
+mod remembered;
+pub use remembered::{
+    now_secs as remembered_now, tidy as tidy_remembered, RememberedPeer, FORGET_AFTER, MAX_REMEMBERED,
+};
 
 #[cfg(test)]
 mod tests;

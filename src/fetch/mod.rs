@@ -101,6 +101,9 @@ pub struct FetchOptions {
     /// Node ids the peers at these addresses must prove (`--peer NODEID@HOST:PORT`);
     /// the addresses are dialled too.
     pub expect: Vec<(SocketAddr, crate::hash::NodeId)>,
+    /// Remembered peers to start from (see `Node::remembered_peers`): dialled as
+    /// learned addresses pinned to their ids.
+    pub remembered: Vec<(SocketAddr, crate::hash::NodeId)>,
     /// How long to keep retrying when no peer could be reached yet (30 s).
     pub connect_timeout: Duration,
     /// Give up once no peer has been reachable, or no progress made, for this long (60 s).
@@ -113,6 +116,7 @@ impl Default for FetchOptions {
             output: None,
             peers: Vec::new(),
             expect: Vec::new(),
+            remembered: Vec::new(),
             connect_timeout: Duration::from_secs(30),
             give_up_after: Duration::from_secs(60),
         }

@@ -207,6 +207,11 @@ async fn admit(
         shared.announce(PeerEntry { node_id: id, addr }, conn.conn_id);
     }
     tracing::info!(peer = %addr, id = %id.short(), ?direction, "peer joined");
+    if let (Some(m), Some(at)) =
+        (&shared.memory, if direction == Direction::Outbound { Some(addr) } else { listen_addr })
+    {
+        m.seen(id, at);
+    }
     if direction == Direction::Inbound && shared.config.pex {
         if let Some(l) = listen_addr {
             // Learn where it listens; a dial there verifies the address before we share it.
@@ -281,6 +286,11 @@ impl Handler for Shared {
     }
 
     fn on_closed(&self, conn: &Arc<PeerConn>, ending: &Result<(), PeerError>) {
+        if let Some(m) = &self.memory {
+            if conn.stats.downloaded.load(Ordering::Relaxed) > 0 {
+                m.shared(&conn.node_id);
+            }
+        }
         self.registry.remove(conn);
         self.routes.peer_left(conn.conn_id);
         // The address we would dial it at: redials back off after a bad ending.

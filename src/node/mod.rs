@@ -7,6 +7,7 @@
 
 mod conn;
 mod exchange;
+mod memory;
 mod registry;
 
 use crate::datadir::{DataDir, SeedRecord};
@@ -51,6 +52,8 @@ pub struct Config {
     /// The identity to use; `None`: the data directory's (created on first
     /// use), or a new one for this run when there is no data directory.
     pub identity: Option<Identity>,
+    /// Remember the peers met in the data directory, for fetches that give no address.
+    pub remember: bool,
 }
 
 impl Default for Config {
@@ -62,6 +65,7 @@ impl Default for Config {
             max_upload_rate: None,
             timeouts: Timeouts::default(),
             identity: None,
+            remember: true,
         }
     }
 }
@@ -107,6 +111,7 @@ pub(crate) struct Shared {
     /// Connection slots: `max_peers` permits.
     slots: Arc<Semaphore>,
     registry: Registry,
+    memory: Option<memory::Memory>,
     exchange: Exchange,
     bans: Bans,
     routes: Routes,
@@ -174,9 +179,11 @@ impl Node {
             listen_port,
             flags: if listen_port != 0 { crate::wire::FLAG_SHAREABLE } else { 0 },
         };
+        let memory = data_dir.as_ref().filter(|_| config.remember).map(memory::Memory::load);
         let shared = Arc::new(Shared {
             id: identity.node_id(),
             local,
+            memory,
             limiter: config.max_upload_rate.map(RateLimiter::new),
             slots: Arc::new(Semaphore::new(config.max_peers)),
             config,
@@ -196,6 +203,7 @@ impl Node {
         }
         shared.tasks.spawn(exchange::connect_loop(shared.clone()));
         shared.tasks.spawn(exchange::peers_loop(shared.clone()));
+        shared.tasks.spawn(remember_loop(shared.clone()));
         Ok(Node { shared })
     }
 
@@ -385,6 +393,14 @@ impl Node {
         }
         let pinned: Vec<SocketAddr> = opts.expect.iter().map(|(a, _)| *a).filter(|a| !opts.peers.contains(a)).collect();
         opts.peers.extend(pinned);
+        // Remembered peers are learned addresses with their ids pinned, not the user's.
+        for (addr, id) in &opts.remembered {
+            if !opts.peers.contains(addr) {
+                self.shared.exchange.add(*addr, false);
+                self.shared.exchange.table().expect(*addr, *id, false);
+                opts.peers.push(*addr);
+            }
+        }
         for addr in &opts.peers {
             self.add_peer(*addr);
         }
@@ -427,5 +443,40 @@ impl Node {
         self.shared.shutdown.cancel();
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+        self.shared.save_memory();
+    }
+
+    /// Remembered peers to start a fetch from (see [`Config::remember`]):
+    /// those that shared files with this node first, the most recently seen first.
+    pub fn remembered_peers(&self) -> Vec<(SocketAddr, NodeId)> {
+        self.shared.memory.as_ref().map(|m| m.peers()).unwrap_or_default()
+    }
+}
+
+impl Shared {
+    /// Writes the remembered peers, with whoever has sent us file data marked so.
+    fn save_memory(&self) {
+        let (Some(m), Some(dd)) = (&self.memory, &self.data_dir) else { return };
+        for c in self.registry.all() {
+            if c.stats.downloaded.load(Ordering::Relaxed) > 0 {
+                m.shared(&c.node_id);
+            }
+        }
+        m.save(dd);
+    }
+}
+
+/// Saves the remembered peers every minute, so a killed node loses little.
+async fn remember_loop(shared: Arc<Shared>) {
+    if shared.memory.is_none() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+        }
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || s.save_memory()).await;
     }
 }

@@ -181,6 +181,7 @@ pub fn failing_fetch(out: PathBuf, peers: Vec<SocketAddr>) -> FetchOptions {
         output: Some(out),
         peers,
         expect: Vec::new(),
+        remembered: Vec::new(),
         connect_timeout: Duration::from_secs(3),
         give_up_after: Duration::from_secs(3),
     }

@@ -115,3 +115,4 @@ fn seed_json_reports_its_ticket() {
     let summary: serde_json::Value = serde_json::from_str(rest.last().expect("no summary")).unwrap();
     assert_eq!(summary["ticket"], serde_json::json!(printed));
 }
+mod remembered;
