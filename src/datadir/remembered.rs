@@ -45,10 +45,10 @@ pub fn now_secs() -> u64 {
 /// at most [`MAX_REMEMBERED`].
 pub fn tidy(mut peers: Vec<RememberedPeer>, now: u64) -> Vec<RememberedPeer> {
     peers.retain(|p| p.id().is_some() && now.saturating_sub(p.last_seen) <= FORGET_AFTER.as_secs());
-    peers.sort_by(|a, b| b.last_seen.cmp(&a.last_seen));
+    peers.sort_by_key(|p| std::cmp::Reverse(p.last_seen));
     let mut seen = std::collections::HashSet::new();
     peers.retain(|p| seen.insert(p.node_id.clone()));
-    peers.sort_by(|a, b| (b.shared, b.last_seen).cmp(&(a.shared, a.last_seen)));
+    peers.sort_by_key(|p| std::cmp::Reverse((p.shared, p.last_seen)));
     peers.truncate(MAX_REMEMBERED);
     peers
 }
