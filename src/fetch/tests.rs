@@ -285,9 +285,11 @@ async fn a_bitfield_from_piece_0_that_stops_short_says_what_it_covers_and_is_no_
     let info = FileInfo::new("f", 8 * PIECE_SIZE + 10, hashes.clone());
     let h = start(info.root, Timeouts::default());
     let (c1, mut o1) = join(&h, 1);
-    give_meta(&c1, &mut o1, &info).await;
     // Nine pieces take two bytes; one byte covers pieces 0-7 (the first range of several).
+    // Sent before the lists, it is kept and read as soon as the pieces phase begins, so
+    // no ASK goes out before the download knows what the peer holds.
     h.events.send(DownloadEvent::Bitfield { conn: 1, bits: Bytes::from_static(&[0xFF]) }).unwrap();
+    give_meta(&c1, &mut o1, &info).await;
     for _ in 0..4 {
         let asked = next_ask(&mut o1).await;
         let i = hashes.iter().position(|x| *x == asked).unwrap();
