@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 out=${1:-target/mutants}
 mkdir -p "$out"
 files=(src/wire/mod.rs src/manifest/mod.rs src/bitfield.rs src/picker/mod.rs src/peers/mod.rs src/ratelimit.rs src/datadir/mod.rs
-  src/fetch/schedule.rs src/fetch/blobs.rs)
+  src/fetch/schedule.rs src/fetch/blobs.rs src/noise.rs src/identity.rs src/ticket.rs src/datadir/remembered.rs)
 args=()
 for f in "${files[@]}"; do args+=(--file "$f"); done
 start=$(date +%s)
@@ -22,7 +22,7 @@ iterate=()
 [ -n "${ITERATE:-}" ] && iterate=(--iterate)
 cargo mutants --profile mutants --test-tool nextest --jobs "${JOBS:-2}" --timeout 60 --output "$out" "${iterate[@]}" "${args[@]}" \
   -C --lib -C --test=wire \
-  -- -E 'test(/^(wire|manifest|bitfield|picker|peers|ratelimit|datadir|fetch)::/) | binary(wire)' \
+  -- -E 'test(/^(wire|manifest|bitfield|picker|peers|ratelimit|datadir|fetch|noise|identity|ticket)::/) | binary(wire)' \
   || true
 echo "took $(( $(date +%s) - start )) s"
 for kind in caught missed timeout unviable; do

@@ -134,6 +134,25 @@ mod tests {
     }
 
     #[test]
+    fn new_identities_differ_and_debug_output_shows_no_secret() {
+        let (a, b) = (Identity::generate(), Identity::generate());
+        assert_ne!(a.node_id(), b.node_id(), "the CSPRNG gave the same key twice");
+        let shown = format!("{a:?}");
+        assert_eq!(shown, format!("Identity({})", a.node_id().short()));
+        let secret: String = a.key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!shown.contains(&secret[..16]));
+    }
+
+    #[test]
+    fn an_identity_that_cannot_be_read_is_an_error_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity");
+        std::fs::create_dir(&path).unwrap();
+        assert!(Identity::load_or_create(&path).is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "a key was written beside it");
+    }
+
+    #[test]
     fn the_identity_file_is_created_private_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("identity");

@@ -274,6 +274,13 @@ mod tests {
     }
 
     #[test]
+    fn new_static_keys_differ_and_debug_output_shows_none() {
+        let (a, b) = (Keys::generate(), Keys::generate());
+        assert_ne!(a.static_secret, b.static_secret);
+        assert_eq!(format!("{a:?}"), "Keys(..)");
+    }
+
+    #[test]
     fn the_last_nonce_is_never_used() {
         let mut c = Cipher::at_nonce(&[9; 32], u64::MAX - 1);
         let mut m = vec![0u8; TAG_LEN];
