@@ -22,7 +22,7 @@ iterate=()
 [ -n "${ITERATE:-}" ] && iterate=(--iterate)
 cargo mutants --profile mutants --test-tool nextest --jobs "${JOBS:-2}" --timeout 60 --output "$out" "${iterate[@]}" "${args[@]}" \
   -C --lib -C --test=wire \
-  -- -E 'test(/^(wire|manifest|bitfield|picker|peers|ratelimit|datadir|fetch|noise|identity|ticket)::/) | binary(wire)' \
+  -- -E 'test(/^(wire|manifest|bitfield|picker|peers|ratelimit|datadir|fetch|noise|identity|ticket|connection)::/) | binary(wire)' \
   || true
 echo "took $(( $(date +%s) - start )) s"
 for kind in caught missed timeout unviable; do

@@ -176,11 +176,6 @@ impl Cipher {
         Cipher { key: ring::aead::LessSafeKey::new(key), nonce }
     }
 
-    /// The nonce the next message uses.
-    pub fn nonce(&self) -> u64 {
-        self.nonce
-    }
-
     fn next(&mut self) -> Result<ring::aead::Nonce, NoiseError> {
         // 2^64 - 1 is reserved by Noise: reaching it ends the connection.
         if self.nonce == u64::MAX {
@@ -271,6 +266,20 @@ mod tests {
         let mut replay = m0.clone();
         assert!(b.recv.open(&mut replay).is_err());
         let _ = m1;
+    }
+
+    #[test]
+    fn an_empty_message_opens_and_one_shorter_than_its_tag_is_refused() {
+        let (mut tx, mut rx) = (Cipher::new(&[7; 32]), Cipher::new(&[7; 32]));
+        // Two bytes of earlier plaintext, then a message of only its tag.
+        let mut buf = vec![b'a', b'b', 0, 0];
+        buf.extend_from_slice(&[0; TAG_LEN]);
+        tx.seal(&mut buf[4..]).unwrap();
+        assert_eq!(rx.open_within(&mut buf[2..], 2).unwrap().len(), 0);
+        let mut next = vec![1u8; 3 + TAG_LEN];
+        tx.seal(&mut next).unwrap();
+        assert_eq!(rx.open_within(&mut next, 0).unwrap(), &[1, 1, 1]);
+        assert!(matches!(rx.open_within(&mut [0u8; TAG_LEN + 1], 2), Err(NoiseError::Short(15))));
     }
 
     #[test]

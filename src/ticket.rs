@@ -151,6 +151,19 @@ mod tests {
     }
 
     #[test]
+    fn eight_peers_and_2048_bytes_are_the_limits() {
+        let id = NodeId([6; 32]);
+        let eight: String = (0..8).map(|i| format!("&peer={id}@[::1]:{}", 9000 + i)).collect();
+        let s = format!("pex:{}?x=1{eight}", root());
+        assert_eq!(Ticket::parse(&s).unwrap().peers.len(), 8);
+        let at_limit = format!("{s}&pad={}", "p".repeat(MAX_LEN - s.len() - 5));
+        assert_eq!(at_limit.len(), MAX_LEN);
+        assert!(Ticket::parse(&at_limit).is_ok());
+        assert_eq!(Ticket::parse(&format!("{at_limit}p")), Err(TicketError::TooLong));
+        assert!(Ticket::looks_like(&s) && !Ticket::looks_like(&root().to_string()));
+    }
+
+    #[test]
     fn malformed_tickets_are_refused_with_the_reason() {
         let id = NodeId([4; 32]);
         let r = root();
