@@ -108,7 +108,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dd = DataDir::open(dir.path()).unwrap();
         assert!(dd.remembered().is_empty());
+        assert!(now_secs() > 1_700_000_000, "now_secs is not the time of day");
         dd.save_remembered(vec![peer(1, now_secs(), true)]).unwrap();
+        // A peer last seen 31 days ago is not kept by a save today.
+        dd.save_remembered(vec![peer(1, now_secs(), true), peer(2, now_secs() - 31 * 24 * 3600, true)]).unwrap();
         assert_eq!(dd.remembered(), vec![peer(1, dd.remembered()[0].last_seen, true)]);
         std::fs::write(dir.path().join("peers.json"), b"{ broken").unwrap();
         assert!(dd.remembered().is_empty());
