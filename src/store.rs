@@ -2,10 +2,10 @@
 //!
 //! Two kinds of file back pieces:
 //! - **Sources** (files a user seeds) are mapped read-only. pex never reads them
-//!   through the mapping itself: GIVE data goes from the mapping to the socket in
-//!   one `writev`, so if another program truncates the file the kernel answers
-//!   `EFAULT` instead of raising SIGBUS. Before every GIVE the file's size and
-//!   modification time are checked; a changed or vanished source stops being served.
+//!   through the mapping: GIVE data is read with `pread` into the buffer it is
+//!   sealed in, so if another program truncates the file the read fails instead
+//!   of raising SIGBUS. Before every GIVE the file's size and modification time
+//!   are checked; a changed or vanished source stops being served.
 //! - **Partial downloads** are `.part` files pex creates, preallocates and maps
 //!   writable; a verified piece is copied into place and from then on served too.
 //!
@@ -398,7 +398,7 @@ impl Store {
     }
 
     /// The blob with this hash, if this node can serve it now. A piece comes
-    /// as a mapped range that only the kernel reads (see [`crate::mapping`]).
+    /// as a mapped range read only with `pread` (see [`crate::mapping`]).
     pub fn get(&self, hash: &Hash) -> Option<Body> {
         let inner = self.read();
         inner.blobs.get(hash)?.iter().find_map(|s| match s {
