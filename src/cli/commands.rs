@@ -45,24 +45,30 @@ pub async fn run(command: Command, quiet: bool) -> Result<i32> {
     }
 }
 
-/// Cancels `token` on Ctrl-C or SIGTERM.
+/// Cancels `token` on Ctrl-C or SIGTERM. The handlers are installed before
+/// this returns (not when a task first runs), so a signal that comes at once,
+/// on a loaded machine, still ends the command with its summary and 130.
 fn cancel_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).ok();
+    let mut term = signal(SignalKind::terminate()).ok();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let term = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
+            _ = recv(int.as_mut()) => {}
+            _ = recv(term.as_mut()) => {}
         }
         token.cancel();
     });
+}
+
+/// The next delivery of a signal, or never when its handler could not be installed.
+async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn start_node(args: &NodeArgs, default_listen: &str, token: CancellationToken) -> Result<Node> {
