@@ -165,30 +165,34 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
-/// A read that fails with `TimedOut` when no byte arrives for `idle`.
-async fn timed<T>(
-    idle: Option<std::time::Duration>,
+/// Runs an I/O future, failing with `TimedOut` (saying `why`) after `limit` if one is given.
+async fn within<T>(
+    limit: Option<std::time::Duration>,
+    why: &'static str,
     fut: impl std::future::Future<Output = io::Result<T>>,
 ) -> io::Result<T> {
-    match idle {
-        Some(idle) => {
-            tokio::time::timeout(idle, fut).await.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer silent"))?
+    match limit {
+        Some(limit) => {
+            tokio::time::timeout(limit, fut).await.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, why))?
         }
         None => fut.await,
     }
 }
 
-/// Runs an I/O future, failing with `TimedOut` after `limit` if one is given.
-async fn bounded<T>(
-    limit: Option<std::time::Duration>,
+/// A read that fails with `TimedOut` when no byte arrives for `idle`.
+async fn timed<T>(
+    idle: Option<std::time::Duration>,
     fut: impl std::future::Future<Output = io::Result<T>>,
 ) -> io::Result<T> {
-    match limit {
-        Some(limit) => tokio::time::timeout(limit, fut)
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer accepts no data"))?,
-        None => fut.await,
-    }
+    within(idle, "peer silent", fut).await
+}
+
+/// A write that fails with `TimedOut` when the socket accepts nothing for `stall`.
+async fn bounded<T>(
+    stall: Option<std::time::Duration>,
+    fut: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    within(stall, "peer accepts no data", fut).await
 }
 
 /// Transport messages written at most per system call: a GIVE of 1 MiB goes

@@ -30,6 +30,8 @@ const GOOD_CONNECTION: Duration = Duration::from_secs(10);
 pub(super) const RETRY_FULL: u16 = 5;
 /// Retry-after sent with REJECT(6) (shutting down): it may come back.
 pub(super) const RETRY_SHUTDOWN: u16 = 10;
+/// REJECT(1)'s reason when the other connection stays by the smaller-id rule.
+const KEPT_BY_ID: &str = "already connected (the connection dialled by the smaller node id stays)";
 /// Retry-after sent with REJECT(1) (already connected): not while the other
 /// connection lives, but the address stays worth knowing.
 pub(super) const RETRY_DUPLICATE: u16 = 60;
@@ -188,7 +190,7 @@ async fn admit(
             }
             let reason = match stays {
                 Err(d) if d == direction => "already connected (the older connection stays)",
-                _ => "already connected (the connection dialled by the smaller node id stays)",
+                _ => KEPT_BY_ID,
             };
             hs.refuse(RejectCode::Duplicate, RETRY_DUPLICATE, reason).await;
             return Err(PeerError::Duplicate(id));
@@ -196,11 +198,7 @@ async fn admit(
     };
     if let Some(old) = displaced {
         tracing::debug!(peer = %old.addr, "closing a duplicate connection");
-        old.close(Some(Frame::reject_retry(
-            RejectCode::Duplicate,
-            RETRY_DUPLICATE,
-            "already connected (the connection dialled by the smaller node id stays)",
-        )));
+        old.close(Some(Frame::reject_retry(RejectCode::Duplicate, RETRY_DUPLICATE, KEPT_BY_ID)));
     }
     if newly_verified {
         // Immediate peer discovery: everyone connected learns the new address now, not in 60 s.

@@ -396,8 +396,7 @@ impl Node {
         // Remembered peers are learned addresses with their ids pinned, not the user's.
         for (addr, id) in &opts.remembered {
             if !opts.peers.contains(addr) {
-                self.shared.exchange.add(*addr, false);
-                self.shared.exchange.table().expect(*addr, *id, false);
+                self.shared.learn(crate::wire::PeerEntry { node_id: *id, addr: *addr });
                 opts.peers.push(*addr);
             }
         }

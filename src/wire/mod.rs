@@ -222,13 +222,7 @@ impl Frame {
     /// dialling again (0: do not retry), its reason cut to 200 bytes.
     pub fn reject_retry(code: RejectCode, retry_after: u16, reason: impl Into<String>) -> Frame {
         let mut reason: String = reason.into();
-        if reason.len() > MAX_REJECT_REASON {
-            let mut end = MAX_REJECT_REASON;
-            while !reason.is_char_boundary(end) {
-                end -= 1;
-            }
-            reason.truncate(end);
-        }
+        reason.truncate(cut_reason(&reason).len());
         Frame::Reject { code: code as u8, retry_after, reason }
     }
 
@@ -504,17 +498,23 @@ pub fn decode_body(kind: u8, mut body: Bytes) -> Result<Frame, FrameError> {
 /// The one v1 frame a v2 node still writes: a plaintext v1 REJECT (code,
 /// then the reason; no retry-after), the answer to a v1 HELLO before closing.
 pub fn v1_reject(code: RejectCode, reason: &str) -> Vec<u8> {
-    let mut end = reason.len().min(MAX_REJECT_REASON);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let reason = &reason.as_bytes()[..end];
+    let reason = cut_reason(reason).as_bytes();
     let mut v = Vec::with_capacity(LEN_PREFIX + 2 + reason.len());
     v.extend_from_slice(&(2 + reason.len() as u32).to_be_bytes());
     v.push(kind::REJECT);
     v.push(code as u8);
     v.extend_from_slice(reason);
     v
+}
+
+/// The longest prefix of `reason` of at most [`MAX_REJECT_REASON`] bytes
+/// that ends on a character boundary.
+fn cut_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_REJECT_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 /// The reason a v2 node gives a v1 peer.
