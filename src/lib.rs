@@ -12,6 +12,8 @@
 //!   [`bitfield`], [`picker`] (piece choice), [`text`] (showing untrusted text),
 //!   [`timeouts`], [`ratelimit`], [`peers`] (the known-address table),
 //!   [`ticket`] (a root and where to fetch it, as one string);
+//! - [`discovery`]: finding holders by the lookup key, on the local network
+//!   (multicast) and the Mainline DHT;
 //! - storage: [`mapping`] (the only code that touches mapped memory),
 //!   [`store`] (served files and `.part` files), [`datadir`] (records);
 //! - [`connection`]: framed I/O over a socket;
@@ -26,6 +28,7 @@
 pub mod bitfield;
 pub mod connection;
 pub mod datadir;
+pub mod discovery;
 pub mod fetch;
 pub mod hash;
 pub mod identity;
@@ -72,6 +75,7 @@ mod layering {
         "manifest",
         "peers",
         "ticket",
+        "discovery",
         "mapping",
         "datadir",
         "store",

@@ -39,8 +39,9 @@ pub fn reachable(listen: SocketAddr) -> Vec<SocketAddr> {
     if !listen.ip().is_unspecified() {
         return vec![listen];
     }
-    let mut ips: Vec<(u8, IpAddr)> = interface_ips()
+    let mut ips: Vec<(u8, IpAddr)> = pex::discovery::ifaces::addresses()
         .into_iter()
+        .map(|a| a.ip)
         .filter(|ip| listen.is_ipv6() || ip.is_ipv4())
         .filter_map(|ip| rank(&ip).map(|r| (r, ip)))
         .collect();
@@ -52,38 +53,6 @@ pub fn reachable(listen: SocketAddr) -> Vec<SocketAddr> {
             if listen.is_ipv6() { IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]) } else { [127, 0, 0, 1].into() };
         out.push(SocketAddr::new(lo, listen.port()));
     }
-    out
-}
-
-/// Every address configured on this machine's interfaces.
-fn interface_ips() -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return out;
-    }
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned, alive until freeifaddrs.
-        let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() {
-            // SAFETY: ifa_addr points at a sockaddr whose family says which struct it is.
-            let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
-            if family == libc::AF_INET6 {
-                // SAFETY: the family is AF_INET6, so this is a sockaddr_in6.
-                let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
-                out.push(IpAddr::from(sa.sin6_addr.s6_addr));
-            } else if family == libc::AF_INET {
-                // SAFETY: the family is AF_INET, so this is a sockaddr_in.
-                let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                out.push(IpAddr::from(sa.sin_addr.s_addr.to_ne_bytes()));
-            }
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: `head` came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
     out
 }
 
