@@ -105,6 +105,7 @@ fn cpu_of(pid: u32) -> f64 {
 fn processes(bin: &Path, src: &Path, dir: &Path) -> Run {
     std::fs::create_dir_all(dir).unwrap();
     let mut seeder = Command::new(bin)
+        .env("PEX_NO_LAN", "1")
         .args(["seed", "--listen", "[::1]:0", "-q", "--data-dir"])
         .arg(dir.join("s"))
         .arg(src)
@@ -124,6 +125,7 @@ fn processes(bin: &Path, src: &Path, dir: &Path) -> Run {
     // Reaped below with wait4, which also reports its CPU time.
     #[allow(clippy::zombie_processes)]
     let fetcher = Command::new(bin)
+        .env("PEX_NO_LAN", "1")
         .args(["fetch", &root, "--peer", &peer, "-q", "-o"])
         .arg(dir.join("out"))
         .arg("--data-dir")

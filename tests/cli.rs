@@ -1,6 +1,7 @@
 //! The `pex` binary end to end: separate seeder and fetcher processes on [::1].
 
 mod common;
+mod discovery;
 mod hostile;
 mod identity;
 mod independent;
@@ -19,6 +20,15 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 const PEX: &str = env!("CARGO_BIN_EXE_pex");
+
+/// The `pex` binary with local-network discovery off (`PEX_NO_LAN`): tests
+/// talk over [::1] and namespaces they create, and never multicast on this
+/// machine's own interfaces. The discovery tests turn it back on.
+pub fn pex() -> Command {
+    let mut cmd = Command::new(PEX);
+    cmd.env("PEX_NO_LAN", "1");
+    cmd
+}
 
 /// A child process that is killed (SIGKILL) and reaped when dropped, so that a test that
 /// fails, or returns early, never leaves a `pex seed`, `serve` or `fetch` running.
@@ -121,7 +131,7 @@ impl Seeder {
 
     fn start(file: &Path, data_dir: &Path, extra: &[&str]) -> Seeder {
         let mut child = Proc::spawn(
-            Command::new(PEX)
+            crate::pex()
                 .args(["seed", file.to_str().unwrap(), "--listen", "[::1]:0", "--data-dir", data_dir.to_str().unwrap()])
                 .args(extra)
                 .stdin(Stdio::null())
@@ -182,7 +192,7 @@ fn is_node_id(s: &str) -> bool {
 
 /// The node id `pex id` prints for `data_dir` (creating its identity if new).
 fn node_id_of(data_dir: &Path) -> String {
-    let out = run(Command::new(PEX).args(["id", "--data-dir", data_dir.to_str().unwrap()]));
+    let out = run(crate::pex().args(["id", "--data-dir", data_dir.to_str().unwrap()]));
     assert!(out.status.success(), "pex id: {}", String::from_utf8_lossy(&out.stderr));
     let id = String::from_utf8(out.stdout).unwrap().trim_end_matches('\n').to_owned();
     assert!(is_node_id(&id), "pex id printed {id:?}");
@@ -207,7 +217,7 @@ fn fetch_args(root: &str, peer: &str, out: &Path, data_dir: &Path) -> Vec<String
 }
 
 fn fetch(root: &str, peer: &str, out: &Path, data_dir: &Path) -> std::process::Output {
-    run(Command::new(PEX).args(fetch_args(root, peer, out, data_dir)))
+    run(crate::pex().args(fetch_args(root, peer, out, data_dir)))
 }
 
 #[test]
@@ -226,7 +236,7 @@ fn seed_and_fetch_as_separate_processes_at_boundary_sizes() {
         assert_eq!(Path::new(printed.trim()), std::path::absolute(&out).unwrap());
         assert!(std::fs::read(&out).unwrap() == bytes, "size {size}: copy differs");
         // `pex hash` of the source prints exactly the root the seeder announced.
-        let hashed = run(Command::new(PEX).args(["hash", src.to_str().unwrap()]));
+        let hashed = run(crate::pex().args(["hash", src.to_str().unwrap()]));
         assert_eq!(String::from_utf8(hashed.stdout).unwrap(), format!("{}\n", seeder.root));
         seeder.interrupt();
     }
@@ -237,7 +247,7 @@ fn json_summary_reports_the_transfer_on_both_sides() {
     let dir = tempfile::tempdir().unwrap();
     let (seeder, _, bytes) = Seeder::with_file(dir.path(), 3 << 20, 7, &["--json"]);
     let out = dir.path().join("copy.bin");
-    let result = run(Command::new(PEX)
+    let result = run(crate::pex()
         .args(["fetch", &seeder.root, "--peer", &seeder.peer, "-o", out.to_str().unwrap(), "--json"])
         .args(["--data-dir", dir.path().join("f").to_str().unwrap()]));
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
@@ -268,7 +278,7 @@ fn json_summary_reports_the_transfer_on_both_sides() {
 
 /// Runs pex expecting failure; returns its single stderr line.
 fn fails<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
-    let out = run(Command::new(PEX).args(args));
+    let out = run(crate::pex().args(args));
     assert!(!out.status.success(), "{args:?} succeeded");
     let err = String::from_utf8(out.stderr).unwrap();
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -303,13 +313,13 @@ fn bad_input_gets_one_clear_line_and_a_failing_exit() {
 
 #[test]
 fn help_and_version_work() {
-    let help = run(Command::new(PEX).arg("--help"));
+    let help = run(crate::pex().arg("--help"));
     assert!(help.status.success());
     let text = String::from_utf8(help.stdout).unwrap();
     for cmd in ["seed", "fetch", "hash", "serve"] {
         assert!(text.contains(cmd), "--help lists {cmd}");
     }
-    let version = run(Command::new(PEX).arg("--version"));
+    let version = run(crate::pex().arg("--version"));
     assert_eq!(String::from_utf8(version.stdout).unwrap(), format!("pex {}\n", env!("CARGO_PKG_VERSION")));
 }
 
@@ -356,7 +366,7 @@ fn kill_and_resume(kill_at: usize) {
     let (out, fdd) = (dir.path().join("out.bin"), dir.path().join("f"));
     let mut args = fetch_args(&seeder.root, &seeder.peer, &out, &fdd);
     args.push("--json".into());
-    let mut first = Proc::spawn(Command::new(PEX).args(&args).stdout(Stdio::null()).stderr(Stdio::null()));
+    let mut first = Proc::spawn(crate::pex().args(&args).stdout(Stdio::null()).stderr(Stdio::null()));
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
         let claimed = claimed_pieces(&fdd, &seeder.root);
@@ -386,7 +396,7 @@ fn kill_and_resume(kill_at: usize) {
     seeder.child.signal(libc::SIGCONT);
     assert!(claimed + 1 >= kill_at && claimed < 8, "killed with {claimed} of 8 pieces claimed, wanted about {kill_at}");
     assert!(!out.exists(), "a killed fetch must not leave the final name");
-    let second = run(Command::new(PEX).args(&args));
+    let second = run(crate::pex().args(&args));
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
     assert!(std::fs::read(&out).unwrap() == bytes, "resumed copy differs");
     let summary: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
@@ -446,7 +456,7 @@ fn a_restarted_serve_serves_what_was_seeded_and_names_damaged_records() {
     let damaged = dd.join("seeds").join(format!("{root_b}.json"));
     std::fs::write(&damaged, b"{ truncated").unwrap();
     let mut serve = Proc::spawn(
-        Command::new(PEX)
+        crate::pex()
             .args(["serve", "--listen", "[::1]:0", "--data-dir", dd.to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),
@@ -477,7 +487,7 @@ fn fetch_with_seed_keeps_serving_after_it_completes() {
     let (seeder, src, bytes) = Seeder::with_file(dir.path(), 3 << 20, 41, &[]);
     let first_copy = dir.path().join("first.bin");
     let mut relay = Proc::spawn(
-        Command::new(PEX)
+        crate::pex()
             .args(["fetch", &seeder.root, "--peer", &seeder.peer, "--seed", "--listen", "[::1]:0"])
             .args(["-o", first_copy.to_str().unwrap(), "--data-dir", dir.path().join("r").to_str().unwrap()])
             .stdout(Stdio::piped())
@@ -510,7 +520,7 @@ fn fetch_with_seed_keeps_serving_after_it_completes() {
 impl Seeder {
     /// The root `pex hash` prints for a file.
     fn root_of(file: &Path) -> String {
-        let out = run(Command::new(PEX).args(["hash", file.to_str().unwrap()]));
+        let out = run(crate::pex().args(["hash", file.to_str().unwrap()]));
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 }
@@ -522,7 +532,7 @@ fn ctrl_c_during_a_fetch_exits_130_with_a_summary_and_a_resumable_record() {
     let (out, fdd) = (dir.path().join("out.bin"), dir.path().join("f"));
     let mut args = fetch_args(&seeder.root, &seeder.peer, &out, &fdd);
     args.push("--json".into());
-    let mut fetch = Proc::spawn(Command::new(PEX).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()));
+    let mut fetch = Proc::spawn(crate::pex().args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()));
     let deadline = std::time::Instant::now() + PATIENCE;
     while claimed_pieces(&fdd, &seeder.root).unwrap_or(0) < 1 {
         assert!(std::time::Instant::now() < deadline, "no progress recorded");

@@ -71,7 +71,7 @@ async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
     }
 }
 
-async fn start_node(args: &NodeArgs, default_listen: &str, token: CancellationToken) -> Result<Node> {
+async fn start_node(args: &NodeArgs, default_listen: &str, quiet: bool, token: CancellationToken) -> Result<Node> {
     let dir = args.data_dir.clone().unwrap_or_else(DataDir::default_path);
     let data_dir = DataDir::open(&dir).map_err(|e| anyhow!("{}", io_message(&e)))?;
     let default: SocketAddr = default_listen.parse()?;
@@ -83,8 +83,24 @@ async fn start_node(args: &NodeArgs, default_listen: &str, token: CancellationTo
         timeouts: args.timeouts(),
         identity: None,
         remember: !args.no_remember,
+        // --no-pex: only the peers given, so no discovery either way.
+        lan: !args.no_lan && !args.no_pex,
+        dht: (args.dht && !args.no_pex).then(|| pex::discovery::dht::DhtConfig {
+            bootstrap: (!args.dht_bootstrap.is_empty())
+                .then(|| args.dht_bootstrap.iter().filter(|b| *b != "none").cloned().collect()),
+            port: args.dht_port,
+            state: Some(data_dir.path().join("dht-nodes.json")),
+        }),
     };
     let node = Node::start(config, Some(data_dir), token).await?;
+    if let (Some(port), false) = (node.dht_port(), quiet) {
+        eprintln!("DHT node on UDP port {port}");
+    }
+    if let (Some(_), Some(SocketAddr::V6(l))) = (node.dht_port(), node.local_addr()) {
+        if !l.ip().is_unspecified() {
+            eprintln!("warning: the DHT is IPv4 only, and {l} takes no IPv4 connections: listen on [::]:PORT");
+        }
+    }
     for p in &args.peers {
         match p.node_id {
             Some(id) => node.add_peer_expecting(p.addr, id),
@@ -181,6 +197,7 @@ fn summary(node: &Node, root: Option<Hash>, file_bytes: u64, started: Instant) -
         "peers": stats.peers,
         "node_id": node.id().to_hex(),
         "listen": node.local_addr().map(|a| a.to_string()),
+        "dht_port": node.dht_port(),
     })
 }
 
@@ -192,7 +209,13 @@ fn listening(node: &Node) -> String {
 /// Shows a seeder's status line until `token` is cancelled.
 async fn serve_until_cancelled(node: &Node, what: &str, quiet: bool, token: &CancellationToken) {
     let mut status = ui::StatusLine::new(ui::interactive(quiet));
+    let mut announced = 0;
     loop {
+        let now = node.dht_announced();
+        if now > announced && !quiet {
+            status.say(&format!("announced on the DHT: {}", ui::count(now, "file", "files")));
+        }
+        announced = now;
         status.update(what, node.connected_peers(), node.stats().uploaded_bytes);
         tokio::select! {
             _ = token.cancelled() => break,
@@ -204,7 +227,7 @@ async fn serve_until_cancelled(node: &Node, what: &str, quiet: bool, token: &Can
 
 async fn seed(file: PathBuf, rehash: bool, args: NodeArgs, quiet: bool, token: CancellationToken) -> Result<i32> {
     let started = Instant::now();
-    let node = start_node(&args, "[::]:9000", token.clone()).await?;
+    let node = start_node(&args, "[::]:9000", quiet, token.clone()).await?;
     let Some(seeded) = hash_with_bar(&node, &file, rehash, quiet, &token).await? else {
         return Ok(EXIT_INTERRUPTED);
     };
@@ -241,7 +264,7 @@ async fn seed(file: PathBuf, rehash: bool, args: NodeArgs, quiet: bool, token: C
 
 async fn serve(args: NodeArgs, quiet: bool, token: CancellationToken) -> Result<i32> {
     let started = Instant::now();
-    let node = start_node(&args, "[::]:9000", token.clone()).await?;
+    let node = start_node(&args, "[::]:9000", quiet, token.clone()).await?;
     let (served, problems) = node.serve_data_dir();
     for p in &problems {
         eprintln!("warning: {p}");
@@ -313,15 +336,12 @@ async fn fetch(
     let started = Instant::now();
     let mut opts = opts;
     check_output(&opts.output)?;
-    let node = start_node(&args, "[::]:0", token.clone()).await?;
+    let node = start_node(&args, "[::]:0", quiet, token.clone()).await?;
+    let tickets = opts.expect.len() - args.peers.iter().filter(|p| p.node_id.is_some()).count();
     if args.peers.is_empty() && opts.expect.is_empty() {
-        // No address given: start from the peers this data directory remembers.
+        // No address given: start from the peers this data directory remembers,
+        // and whatever the LAN and the DHT find.
         opts.remembered = node.remembered_peers();
-        if opts.remembered.is_empty() {
-            node.shutdown().await;
-            let why = if args.no_remember { "--no-remember" } else { "none remembered" };
-            bail!("no peer given and no remembered peers ({why}): use --peer ADDR or a ticket");
-        }
     }
     let (tx, rx) = watch::channel(Progress::default());
     let known = rx.clone();
@@ -368,6 +388,9 @@ async fn fetch(
             s["resumed_bytes"] = json!(o.resumed_bytes);
         }
         s["ok"] = json!(result.is_ok());
+        let mut found = serde_json::to_value(known.borrow().discovered).unwrap_or_default();
+        found["ticket"] = json!(tickets);
+        s["discovered"] = found;
         println!("{s}");
     }
     Ok(code)

@@ -137,6 +137,21 @@ struct NodeArgs {
     /// Print one JSON summary on stdout when the command ends.
     #[arg(long)]
     json: bool,
+    /// Neither answer nor send local-network discovery queries (UDP multicast).
+    #[arg(long, env = "PEX_NO_LAN", value_parser = clap::builder::BoolishValueParser::new())]
+    no_lan: bool,
+    /// Join the BitTorrent Mainline DHT: announce what this node holds, look up
+    /// what it fetches. Off by default: it contacts the public DHT routers
+    /// unless --dht-bootstrap names others.
+    #[arg(long)]
+    dht: bool,
+    /// A DHT node to bootstrap from in place of the public routers
+    /// (repeatable), e.g. 127.0.0.1:6881; `none` starts a new DHT network.
+    #[arg(long, value_name = "ADDR", requires = "dht", value_parser = parse_bootstrap)]
+    dht_bootstrap: Vec<String>,
+    /// UDP port of the DHT node [default: 6881 if free, else any].
+    #[arg(long, value_name = "PORT", requires = "dht")]
+    dht_port: Option<u16>,
     /// Seconds a new connection has to send HELLO.
     #[arg(long, value_name = "SECS", default_value_t = 10.0, help_heading = "Timing", value_parser = parse_secs)]
     hello_timeout: f64,
@@ -216,6 +231,13 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 }
 
 /// A rate; `0` means unlimited.
+fn parse_bootstrap(s: &str) -> Result<String, String> {
+    if s == "none" {
+        return Ok(s.to_owned());
+    }
+    pex::discovery::dht::check_bootstrap(s)
+}
+
 fn parse_rate(s: &str) -> Result<u64, String> {
     if s.trim() == "0" {
         return Ok(0);
@@ -276,8 +298,10 @@ pub fn main() -> i32 {
 
 fn init_logs(verbose: u8) {
     let filter = match verbose {
-        0 => "warn",
-        1 => "info",
+        // The DHT crate's own reports (a failed bootstrap) reach the user
+        // through pex's messages; its log is for -v.
+        0 => "warn,mainline=off",
+        1 => "info,mainline=warn",
         _ => "debug",
     };
     let env = tracing_subscriber::EnvFilter::try_from_default_env()

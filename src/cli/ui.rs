@@ -237,6 +237,11 @@ impl StatusLine {
         self.pb.tick();
     }
 
+    /// Prints a line on stderr above it.
+    pub fn say(&self, line: &str) {
+        self.pb.suspend(|| eprintln!("{line}"));
+    }
+
     /// Removes it from the screen.
     pub fn clear(&self) {
         self.pb.finish_and_clear();

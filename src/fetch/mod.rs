@@ -170,6 +170,8 @@ pub struct Progress {
     pub dialing: Vec<(SocketAddr, Option<String>)>,
     /// The `.part` being written, once it exists (kept when a fetch fails after verifying pieces).
     pub part: Option<PathBuf>,
+    /// Peers found by each means of discovery so far (set by the node).
+    pub discovered: crate::discovery::Discovered,
 }
 
 /// A finished download.
@@ -195,6 +197,10 @@ pub enum FetchError {
     /// None of the given peers could be reached.
     #[error("cannot reach any peer: {0}")]
     Unreachable(String),
+    /// No peer was given, and every means of discovery was tried without
+    /// reaching a holder: what each found.
+    #[error("no peer found: {0}")]
+    NothingFound(String),
     /// Every peer reached answered DONT_HAVE for the root.
     #[error("no peer holds {0}")]
     NotFound(Hash),

@@ -40,6 +40,11 @@ impl Exchange {
         self.wake.notify_one();
     }
 
+    /// Whether a dial to `addr` is in progress.
+    pub fn is_dialing(&self, addr: &SocketAddr) -> bool {
+        lock(&self.dialing).contains(addr)
+    }
+
     /// Something changed that may make a dial due (a connection closed).
     pub fn wake(&self) {
         self.wake.notify_one();

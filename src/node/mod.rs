@@ -6,6 +6,7 @@
 //! downloads through [`fetch::Swarm`](crate::fetch::Swarm).
 
 mod conn;
+mod discover;
 mod exchange;
 mod memory;
 mod registry;
@@ -54,6 +55,12 @@ pub struct Config {
     pub identity: Option<Identity>,
     /// Remember the peers met in the data directory, for fetches that give no address.
     pub remember: bool,
+    /// Local-network discovery: answer multicast queries for what this node
+    /// holds, and query the LAN for what it fetches (off by default in the
+    /// library; the CLI turns it on unless `--no-lan`).
+    pub lan: bool,
+    /// Run a Mainline DHT node (`--dht`): announce what this node holds, look up what it fetches.
+    pub dht: Option<crate::discovery::dht::DhtConfig>,
 }
 
 impl Default for Config {
@@ -66,6 +73,8 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             identity: None,
             remember: true,
+            lan: false,
+            dht: None,
         }
     }
 }
@@ -112,6 +121,7 @@ pub(crate) struct Shared {
     slots: Arc<Semaphore>,
     registry: Registry,
     memory: Option<memory::Memory>,
+    discovery: discover::Services,
     exchange: Exchange,
     bans: Bans,
     routes: Routes,
@@ -144,6 +154,9 @@ pub enum NodeError {
     /// Data directory trouble.
     #[error("data directory: {}", crate::text::io_message(.0))]
     DataDir(io::Error),
+    /// The DHT node could not start.
+    #[error("cannot start the DHT: {0}")]
+    Dht(String),
 }
 
 /// A running pex node. Cheap to clone; stops when [`Node::shutdown`] is called
@@ -180,6 +193,11 @@ impl Node {
             flags: if listen_port != 0 { crate::wire::FLAG_SHAREABLE } else { 0 },
         };
         let memory = data_dir.as_ref().filter(|_| config.remember).map(memory::Memory::load);
+        let store = Arc::new(Store::new());
+        let port = local_addr.map(|a| a.port());
+        let discovery =
+            discover::start(config.lan, config.dht.as_ref(), identity.node_id(), port, store.clone(), &shutdown)
+                .await?;
         let shared = Arc::new(Shared {
             id: identity.node_id(),
             local,
@@ -187,7 +205,8 @@ impl Node {
             limiter: config.max_upload_rate.map(RateLimiter::new),
             slots: Arc::new(Semaphore::new(config.max_peers)),
             config,
-            store: Arc::new(Store::new()),
+            store,
+            discovery,
             data_dir,
             local_addr,
             shutdown,
@@ -204,6 +223,7 @@ impl Node {
         shared.tasks.spawn(exchange::connect_loop(shared.clone()));
         shared.tasks.spawn(exchange::peers_loop(shared.clone()));
         shared.tasks.spawn(remember_loop(shared.clone()));
+        shared.tasks.spawn(discover::announce_loop(shared.clone()));
         Ok(Node { shared })
     }
 
@@ -225,6 +245,21 @@ impl Node {
     /// The data directory, if the node has one.
     pub fn data_dir(&self) -> Option<&DataDir> {
         self.shared.data_dir.as_ref()
+    }
+
+    /// The UDP port of this node's DHT node, with [`Config::dht`].
+    pub fn dht_port(&self) -> Option<u16> {
+        self.shared.discovery.dht.as_ref().map(|d| d.port())
+    }
+
+    /// How many of the roots this node holds were announced on the DHT (see [`Config::dht`]).
+    pub fn dht_announced(&self) -> usize {
+        self.shared.discovery.announced.load(Ordering::Relaxed)
+    }
+
+    /// LAN discovery counters, while the responder runs (see [`Config::lan`]).
+    pub fn lan_stats(&self) -> Option<&crate::discovery::lan::LanStats> {
+        self.shared.discovery.lan.as_deref()
     }
 
     /// The token that stops this node.
@@ -388,6 +423,10 @@ impl Node {
             let _ = tx.send(fetch::DownloadEvent::PeerJoined(conn));
         }
         let mut opts = opts;
+        // Given no address (no --peer, no ticket), the fetch stands on discovery alone.
+        let discovering = opts.peers.is_empty() && opts.expect.is_empty();
+        let remembered = opts.remembered.iter().map(|(a, _)| *a).collect();
+        let finder = discover::Finder::start(&self.shared, root, remembered, &progress);
         for (addr, id) in &opts.expect {
             self.add_peer_expecting(*addr, *id);
         }
@@ -410,7 +449,21 @@ impl Node {
             timeouts: self.shared.config.timeouts.clone(),
             shutdown: self.shared.shutdown.clone(),
         };
-        fetch::download(env, root, opts, progress, rx).await
+        let download = fetch::download(env, root, opts, progress, rx);
+        tokio::pin!(download);
+        loop {
+            tokio::select! {
+                result = &mut download => return match result {
+                    Err(FetchError::Unreachable(_)) if discovering => Err(FetchError::NothingFound(finder.summary())),
+                    other => other,
+                },
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)), if discovering => {
+                    if let Some(report) = finder.exhausted() {
+                        return Err(FetchError::NothingFound(report));
+                    }
+                }
+            }
+        }
     }
 
     /// Totals for this run.

@@ -75,7 +75,12 @@ pub struct Handshaken {
 impl Handshaken {
     /// Where the peer accepts connections, from its HELLO (None if port 0).
     pub fn listen_addr(&self) -> Option<SocketAddr> {
-        (self.hello.listen_port != 0).then(|| SocketAddr::new(self.addr.ip(), self.hello.listen_port))
+        (self.hello.listen_port != 0).then(|| {
+            // The same address with the listen port; a link-local one keeps its scope.
+            let mut a = self.addr;
+            a.set_port(self.hello.listen_port);
+            a
+        })
     }
 
     /// Refuses the connection: REJECT (asking the peer to wait `retry_after`

@@ -246,8 +246,10 @@ impl PeerTable {
         let mut v: Vec<(&SocketAddr, &KnownPeer)> = self
             .entries
             .iter()
-            .filter(|(_, e)| {
-                e.verified
+            .filter(|(a, e)| {
+                // A link-local address means nothing off its link (PEERS carries no scope).
+                !matches!(a, SocketAddr::V6(v6) if (v6.ip().segments()[0] & 0xffc0) == 0xfe80)
+                    && e.verified
                     && e.shareable
                     && e.node_id.is_some()
                     && !e.is_self

@@ -302,7 +302,7 @@ fn fetch_from_fake(label: &str, fake: Fake, root: &str) -> Vec<String> {
         [(&[][..], false), (&["-v"], false), (&["-v"], true), (&["-vv"], false)].into_iter().enumerate()
     {
         let out = dir.path().join(format!("out{i}"));
-        let mut cmd = Command::new(PEX);
+        let mut cmd = crate::pex();
         cmd.args(["fetch", root, "--peer", &addr, "--connect-timeout", "3", "--give-up-after", "3"])
             .args(["-o", out.to_str().unwrap(), "--data-dir", dir.path().join(format!("d{i}")).to_str().unwrap()])
             .args(flags)
@@ -507,7 +507,7 @@ fn a_file_with_a_255_byte_name_is_fetched_under_that_name() {
         // No -o: the file's own name, in the current directory.
         let cwd = dir.path().join(format!("cwd{i}"));
         std::fs::create_dir(&cwd).unwrap();
-        let result = run(Command::new(PEX)
+        let result = run(crate::pex()
             .current_dir(&cwd)
             .args(["fetch", &seeder.root, "--peer", &seeder.peer])
             .args(["--data-dir", dir.path().join(format!("f{i}")).to_str().unwrap()]));

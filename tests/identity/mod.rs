@@ -12,11 +12,11 @@ fn pex_id_prints_the_data_directorys_id_and_the_seeder_proves_it() {
     // The first run creates the identity, the second reads it back; another directory is
     // another node.
     let id = node_id_of(&a);
-    let out = run(Command::new(PEX).args(["id", "--data-dir", a.to_str().unwrap()]));
+    let out = run(crate::pex().args(["id", "--data-dir", a.to_str().unwrap()]));
     assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{id}\n"), "one line: the id");
     assert_ne!(node_id_of(&b), id, "two data directories, one id");
-    let json = run(Command::new(PEX).args(["id", "--json", "--data-dir", a.to_str().unwrap()]));
+    let json = run(crate::pex().args(["id", "--json", "--data-dir", a.to_str().unwrap()]));
     assert!(json.status.success());
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("pex id --json prints JSON");
     assert_eq!(json, serde_json::json!({ "node_id": id }));
@@ -57,7 +57,7 @@ fn a_peer_that_proves_another_node_id_is_not_fetched_from() {
     let fdd = dir.path().join("f");
     let mut args = fetch_args(&seeder.root, &format!("{wrong}@{}", seeder.addr), &out, &fdd);
     args.extend(["--connect-timeout", "3", "--give-up-after", "3"].map(String::from));
-    let o = run(Command::new(PEX).args(&args));
+    let o = run(crate::pex().args(&args));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -95,7 +95,7 @@ fn a_malformed_node_id_in_peer_is_a_usage_error() {
         format!("{id}@nonsense"),
         format!("{id}@[::1]:0"),
     ] {
-        let o = run(Command::new(PEX).args(["fetch", &root, "--peer", &peer, "--data-dir", dd.to_str().unwrap()]));
+        let o = run(crate::pex().args(["fetch", &root, "--peer", &peer, "--data-dir", dd.to_str().unwrap()]));
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "--peer {peer}: {err}");
         assert_eq!(err.lines().count(), 1, "--peer {peer}: {err}");
@@ -103,7 +103,7 @@ fn a_malformed_node_id_in_peer_is_a_usage_error() {
     }
     // The node id's own errors say what a node id is.
     for bad in [&id[..63], &format!("{}g", &id[..63])] {
-        let o = run(Command::new(PEX).args(["fetch", &root, "--peer", &format!("{bad}@[::1]:9000")]));
+        let o = run(crate::pex().args(["fetch", &root, "--peer", &format!("{bad}@[::1]:9000")]));
         assert!(String::from_utf8_lossy(&o.stderr).contains("64 hex digits"), "{bad}");
     }
     assert!(!dd.join("identity").exists(), "a usage error started a node");
@@ -190,7 +190,7 @@ fn a_capture_of_a_fetch_between_two_processes_holds_neither_the_root_nor_any_32_
     // --no-pex: the fetcher advertises no port, so the seeder cannot dial it back around the relay.
     let mut args = fetch_args(&seeder.root, &format!("{}@{relay}", seeder.id), &out, &dir.path().join("f"));
     args.push("--no-pex".into());
-    let o = run(Command::new(PEX).args(&args));
+    let o = run(crate::pex().args(&args));
     stop.store(true, Ordering::SeqCst);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(std::fs::read(&out).unwrap() == bytes);

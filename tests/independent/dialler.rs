@@ -103,7 +103,7 @@ struct Fetch {
 impl Fetch {
     fn start(root: &Hash, peers: &[String], extra: &[&str]) -> Fetch {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(PEX);
+        let mut cmd = crate::pex();
         cmd.arg("fetch")
             .arg(hex(root))
             .args(["--quiet", "--listen", "[::1]:0", "--data-dir"])

@@ -8,7 +8,7 @@ fn handshake_then_signed_hello_then_peers() {
     // The node's identity file holds the responder's secret of section 8 (2.2).
     let node = Node::start_as(&small_file(dir.path(), 1), &[], Some(&[2; 32]));
     assert_eq!(hex(&node.id), "8139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394");
-    let out = crate::run(Command::new(PEX).args(["id", "--json", "--data-dir"]).arg(node.data_dir()));
+    let out = crate::run(crate::pex().args(["id", "--json", "--data-dir"]).arg(node.data_dir()));
     assert!(out.status.success(), "pex id: {out:?}");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("pex id --json prints JSON");
     assert_eq!(json["node_id"].as_str(), Some(hex(&node.id).as_str()), "pex id --json");
@@ -62,7 +62,7 @@ fn identity_file_is_a_raw_secret_and_refused_when_malformed() {
 
     // `pex id` creates the identity: 32 bytes, mode 0600, whose Ed25519 public key it prints.
     let fresh = dir.path().join("fresh");
-    let out = crate::run(Command::new(PEX).args(["id", "--data-dir"]).arg(&fresh));
+    let out = crate::run(crate::pex().args(["id", "--data-dir"]).arg(&fresh));
     assert!(out.status.success(), "pex id: {out:?}");
     let printed = String::from_utf8(out.stdout).unwrap();
     let secret: Hash = fs::read(fresh.join("identity")).unwrap().try_into().expect("a 32-byte identity file");
@@ -77,7 +77,7 @@ fn identity_file_is_a_raw_secret_and_refused_when_malformed() {
     {
         let data = dir.path().join(case.replace(' ', "-"));
         write_identity(&data, &secret, mode);
-        let mut cmd = Command::new(PEX);
+        let mut cmd = crate::pex();
         cmd.arg("seed").arg(&file).args(["--listen", "[::1]:0", "--data-dir"]).arg(&data);
         let out = crate::run(&mut cmd);
         assert!(!out.status.success(), "identity file of {case}: the node started: {out:?}");

@@ -42,13 +42,12 @@ use std::fs;
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const PEX: &str = env!("CARGO_BIN_EXE_pex");
 /// Bound on every blocking socket read or write.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a node may take to print its root and fetch command.

@@ -34,7 +34,7 @@ impl Node {
         }
         let log = fs::File::create(dir.path().join("stderr.log")).unwrap();
         let mut child = crate::Proc::spawn(
-            Command::new(PEX)
+            crate::pex()
                 .arg("seed")
                 .arg(file)
                 .args(["--listen", "[::1]:0", "--data-dir"])

@@ -3,13 +3,13 @@
 //! on that screen. Ctrl-C is the byte 0x03 typed into the terminal, so the
 //! kernel's line discipline delivers SIGINT as it does for a person.
 
-use super::{claimed_pieces, fetch_args, node_id_of, Proc, Seeder, PATIENCE, PEX};
+use super::{claimed_pieces, fetch_args, node_id_of, Proc, Seeder, PATIENCE};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ impl Terminal {
         assert_eq!(rc, 0, "openpty failed");
         // SAFETY: both descriptors were just opened by openpty and are owned here.
         let (master, slave) = unsafe { (File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-        let mut cmd = Command::new(PEX);
+        let mut cmd = crate::pex();
         cmd.args(args)
             .current_dir(cwd)
             .env("TERM", "xterm-256color")
@@ -195,7 +195,7 @@ fn a_resumed_fetch_never_shows_a_rate_above_what_arrives() {
     let (out, fdd) = (dir.path().join("out.bin"), dir.path().join("f"));
     let args = fetch_args(&seeder.root, &seeder.peer, &out, &fdd);
     // A first run, killed once a third of the file is recorded.
-    let mut first = Proc::spawn(Command::new(PEX).args(&args).stdout(Stdio::null()).stderr(Stdio::null()));
+    let mut first = Proc::spawn(crate::pex().args(&args).stdout(Stdio::null()).stderr(Stdio::null()));
     let deadline = Instant::now() + PATIENCE;
     while claimed_pieces(&fdd, &seeder.root).unwrap_or(0) < 8 {
         assert!(Instant::now() < deadline, "no progress recorded");

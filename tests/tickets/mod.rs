@@ -23,19 +23,19 @@ fn a_ticket_from_seed_is_all_a_fetch_needs() {
     assert_eq!(ticket, format!("pex:{}?peer={}", seeder.root, seeder.peer), "the ticket names the root and the seeder");
     let out = dir.path().join("copy.bin");
     let fdd = dir.path().join("f");
-    let o = run(Command::new(PEX).args(["fetch", &ticket, "-q", "-o", out.to_str().unwrap(), "--data-dir"]).arg(&fdd));
+    let o = run(crate::pex().args(["fetch", &ticket, "-q", "-o", out.to_str().unwrap(), "--data-dir"]).arg(&fdd));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(std::fs::read(&out).unwrap() == bytes);
     // `pex ticket` gives the same ticket for the file this data directory serves.
     let port = seeder.addr.rsplit(':').next().unwrap();
     let listen = format!("[::1]:{port}");
     let sdd = dir.path().join("s");
-    let o = run(Command::new(PEX).args(["ticket", &seeder.root, "--listen", &listen, "--data-dir"]).arg(&sdd));
+    let o = run(crate::pex().args(["ticket", &seeder.root, "--listen", &listen, "--data-dir"]).arg(&sdd));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8(o.stdout).unwrap(), format!("{ticket}\n"));
     // ... and refuses a root it does not serve, in one line.
     let other = "00".repeat(32);
-    let o = run(Command::new(PEX).args(["ticket", &other, "--data-dir"]).arg(&sdd));
+    let o = run(crate::pex().args(["ticket", &other, "--data-dir"]).arg(&sdd));
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8(o.stderr).unwrap();
     assert!(err.lines().count() == 1 && err.contains("serves no file"), "{err}");
@@ -48,7 +48,7 @@ fn a_ticket_pins_its_node_ids() {
     let wrong = node_id_of(&dir.path().join("someone-else"));
     let ticket = format!("pex:{}?peer={wrong}@{}", seeder.root, seeder.addr);
     let out = dir.path().join("copy.bin");
-    let o = run(Command::new(PEX)
+    let o = run(crate::pex()
         .args(["fetch", &ticket, "--connect-timeout", "3", "--give-up-after", "3", "-o", out.to_str().unwrap()])
         .arg("--data-dir")
         .arg(dir.path().join("f")));
@@ -70,7 +70,7 @@ fn malformed_tickets_are_usage_errors_in_one_line() {
         format!("pex:{root}?peer"),
         format!("pex:{root}{}", "&peer=x".repeat(400)),
     ] {
-        let o = run(Command::new(PEX).args(["fetch", &bad]));
+        let o = run(crate::pex().args(["fetch", &bad]));
         assert_eq!(o.status.code(), Some(2), "{bad}");
         let err = String::from_utf8(o.stderr).unwrap();
         assert!(err.lines().count() == 1 && err.contains("invalid ticket"), "{bad}: {err}");
@@ -84,7 +84,7 @@ fn serve_prints_a_ticket_for_each_file() {
     let (root, id) = (seeder.root.clone(), seeder.id.clone());
     seeder.interrupt();
     let mut serve = Proc::spawn(
-        Command::new(PEX)
+        crate::pex()
             .args(["serve", "--listen", "[::1]:0", "-q", "--data-dir"])
             .arg(dir.path().join("s"))
             .stdin(Stdio::null())

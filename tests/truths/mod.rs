@@ -2,9 +2,8 @@
 //! ends (already complete, -o DIR, another data directory's .part), known files
 //! not hashed again, errors worded once, usage errors exit 2, -q.
 
-use super::{fails, fetch, fetch_args, run, Seeder, PEX};
+use super::{fails, fetch, fetch_args, run, Seeder};
 use std::path::Path;
-use std::process::Command;
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -46,7 +45,7 @@ fn a_part_left_by_another_data_dir_is_reverified_and_resumed() {
     std::fs::write(&part, &half).unwrap();
     let mut args = fetch_args(&seeder.root, &seeder.peer, &out, &dir.path().join("other"));
     args.push("--json".into());
-    let o = run(Command::new(PEX).args(&args));
+    let o = run(crate::pex().args(&args));
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -92,7 +91,7 @@ fn usage_errors_exit_2_and_every_error_is_one_line_without_errno() {
         vec!["fetch", &root, "--peer", "[::1]:1", "--ask-timeout", "-1"],
         vec!["frobnicate"],
     ] {
-        let o = run(Command::new(PEX).args(&args));
+        let o = run(crate::pex().args(&args));
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert_eq!(stderr(&o).lines().count(), 1, "{args:?}: {}", stderr(&o));
     }
@@ -107,7 +106,7 @@ fn usage_errors_exit_2_and_every_error_is_one_line_without_errno() {
     let e = fails(&["seed", dir.path().to_str().unwrap(), "--listen", "[::1]:0", "--data-dir", dd]);
     assert_eq!(e.matches("not a regular file").count(), 1, "{e}");
     // Rates of 0 mean unlimited.
-    let help = run(Command::new(PEX).args(["seed", "--help"]));
+    let help = run(crate::pex().args(["seed", "--help"]));
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("[::]:9000") && help.contains("~/.local/share/pex") && help.contains("0 means unlimited"));
 }
@@ -119,7 +118,7 @@ fn quiet_shows_only_results() {
     let out = dir.path().join("q.bin");
     let mut args = fetch_args(&seeder.root, &seeder.peer, &out, Path::new(&dir.path().join("f")));
     args.push("-q".into());
-    let o = run(Command::new(PEX).args(&args));
+    let o = run(crate::pex().args(&args));
     assert!(o.status.success());
     assert!(o.stderr.is_empty(), "{}", stderr(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), out.to_str().unwrap());
@@ -135,7 +134,7 @@ fn an_upload_rate_of_0_means_unlimited_and_the_demo_runs() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
     seeder.interrupt();
-    let demo = run(Command::new(PEX).args(["demo", "--size", "3MiB"]));
+    let demo = run(crate::pex().args(["demo", "--size", "3MiB"]));
     assert!(demo.status.success(), "{}", stderr(&demo));
     let said = String::from_utf8_lossy(&demo.stdout);
     assert!(said.contains("fetched 3.00 MiB") && said.contains("MiB/s") && said.contains("byte-identical"), "{said}");
