@@ -181,6 +181,12 @@ fn bind(v6: bool, port: u16) -> io::Result<UdpSocket> {
     }
     sock.set_reuse_address(true)?;
     sock.set_nonblocking(true)?;
+    // Queries stay on the link (the kernel's default, said explicitly).
+    if v6 {
+        sock.set_multicast_hops_v6(1)?;
+    } else {
+        sock.set_multicast_ttl_v4(1)?;
+    }
     let ip: IpAddr = if v6 { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
     sock.bind(&SocketAddr::new(ip, port).into())?;
     UdpSocket::from_std(sock.into())

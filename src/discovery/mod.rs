@@ -95,6 +95,8 @@ mod tests {
         assert_eq!(key.dht_id(), key.0[..20]);
         // The value PROTOCOL.md quotes for this root.
         assert_eq!(key.to_string(), LOOKUP_KEY_OF_11);
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md")).unwrap();
+        assert!(doc.contains(LOOKUP_KEY_OF_11) && doc.contains(&LOOKUP_KEY_OF_11[..40]), "PROTOCOL.md 10.1");
     }
 
     /// `SHA-256("pex-lookup" ‖ 0x11 × 32)`, as docs/PROTOCOL.md gives it.

@@ -17,6 +17,10 @@ fn query_and_answer_have_exact_bytes_and_round_trip() {
     assert_eq!(bytes.len(), ANSWER_LEN);
     assert_eq!(crate::hash::hex(&bytes), ANSWER_HEX);
     assert_eq!(Datagram::decode(&bytes), Ok(a));
+    // docs/PROTOCOL.md quotes both (spaced and wrapped).
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md")).unwrap();
+    let doc: String = doc.split_whitespace().collect();
+    assert!(doc.contains(&format!("QUERY{QUERY_HEX}ANSWER{ANSWER_HEX}")), "PROTOCOL.md 10.3 example");
 }
 
 /// QUERY, nonce 0102…08, for the lookup key of root 0x11 × 32.
