@@ -73,6 +73,14 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         match accepted {
             Ok((stream, addr)) => {
                 backoff = Duration::from_millis(10);
+                // An IPv4 peer on the dual-stack listener is ::ffff:a.b.c.d: the same
+                // node as a.b.c.d for bans, pins and the address table.
+                let addr = match addr {
+                    SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => {
+                        SocketAddr::new(v6.ip().to_canonical(), v6.port())
+                    }
+                    other => other,
+                };
                 let shared2 = shared.clone();
                 shared.tasks.spawn(async move {
                     match shared2.slots.clone().try_acquire_owned() {

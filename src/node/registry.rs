@@ -45,12 +45,17 @@ impl Registry {
         let mut reg = lock(&self.0);
         let mut displaced = None;
         if let Some(old) = reg.by_node.get(&node_id).and_then(|c| reg.by_conn.get(c)).cloned() {
-            if old.direction == direction || direction != keep {
+            if old.is_closed() {
+                // Ending already (a REJECT, an error, the peer's end of stream): it
+                // gives up the node id, so a peer that reconnects at once is taken.
+                reg.by_node.remove(&node_id);
+            } else if old.direction == direction || direction != keep {
                 return Err(old.direction);
+            } else {
+                reg.by_conn.remove(&old.conn_id);
+                reg.by_node.remove(&node_id);
+                displaced = Some(old);
             }
-            reg.by_conn.remove(&old.conn_id);
-            reg.by_node.remove(&node_id);
-            displaced = Some(old);
         }
         reg.next_id += 1;
         let conn_id = reg.next_id;
@@ -259,6 +264,25 @@ mod tests {
             "the other direction never displaces it"
         );
         reg.remove(&kept);
+        assert!(!reg.has_node(&id));
+    }
+
+    #[test]
+    fn a_closing_connection_gives_up_its_node_id_at_once() {
+        let reg = Registry::default();
+        let id = NodeId([7; 32]);
+        let addr: SocketAddr = "[fd00::7]:9000".parse().unwrap();
+        let make = |conn_id, stats| PeerConn::detached_with(conn_id, id, stats).0;
+        let out = Direction::Outbound;
+        let (first, _) = reg.register(id, out, out, addr, make).unwrap();
+        first.close(None);
+        // Still lingering (not removed), yet the same node in the same direction is taken.
+        let (second, displaced) = reg.register(id, out, out, addr, make).expect("a closing one holds no id");
+        assert!(displaced.is_none(), "nothing to close: it is closing already");
+        reg.remove(&first);
+        assert!(reg.has_node(&id), "the lingering one's removal leaves the new one");
+        assert_eq!(reg.len(), 1);
+        reg.remove(&second);
         assert!(!reg.has_node(&id));
     }
 

@@ -133,6 +133,25 @@ fn the_lan_finds_a_seeder_in_another_namespace_by_root_alone() {
 }
 
 #[test]
+fn on_a_link_without_ipv6_the_lan_lookup_uses_ipv4_multicast() {
+    let Some(net) = Net::ipv4_only(2) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (src, bytes) = file(dir.path());
+    let (_seeder, root, _) = seed(net.pex(1), &src, &dir.path().join("s"), &[]);
+    let out = dir.path().join("got.bin");
+    let o = run(net
+        .pex(2)
+        .args(["fetch", &root, "--json", "--no-remember", "-o"])
+        .arg(&out)
+        .arg("--data-dir")
+        .arg(dir.path().join("f")));
+    let s = summary(&o);
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    assert_eq!(s["discovered"]["lan"], 1, "{s}");
+    assert_eq!(s["peers"][0]["address"], "10.77.0.1:9000", "{s}");
+}
+
+#[test]
 fn a_ticket_then_the_remembered_peers_fetch_across_namespaces_without_the_lan() {
     let Some(net) = Net::new(2) else { return };
     let dir = tempfile::tempdir().unwrap();

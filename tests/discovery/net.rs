@@ -17,6 +17,8 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 pub struct Net {
     tag: String,
     hosts: usize,
+    /// IPv6 is disabled in the hosts: only 10.77.0.k.
+    v4_only: bool,
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -31,13 +33,22 @@ fn ip(args: &[&str]) -> Result<(), String> {
 impl Net {
     /// `hosts` namespaces on one bridge, or None (with a message) where that is impossible.
     pub fn new(hosts: usize) -> Option<Net> {
+        Net::make(hosts, false)
+    }
+
+    /// [`Net::new`] with IPv6 disabled in every host, for the IPv4 fallback.
+    pub fn ipv4_only(hosts: usize) -> Option<Net> {
+        Net::make(hosts, true)
+    }
+
+    fn make(hosts: usize, v4_only: bool) -> Option<Net> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("SKIPPED: network namespace tests need root");
             return None;
         }
         let tag = format!("pxd{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let net = Net { tag, hosts: 0 };
+        let net = Net { tag, hosts: 0, v4_only };
         match net.build(hosts) {
             Ok(net) => Some(net),
             Err(e) => {
@@ -59,19 +70,28 @@ impl Net {
             let v = format!("v{k}");
             ip(&["-n", &br, "link", "add", &v, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
             ip(&["-n", &br, "link", "set", &v, "master", "br0", "up"])?;
-            let dad = Command::new("ip")
-                .args(["netns", "exec", &ns, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"])
-                .status()
-                .map_err(|e| e.to_string())?;
-            if !dad.success() {
-                return Err("sysctl accept_dad".into());
+            let sysctls: &[&str] = if self.v4_only {
+                &["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.eth0.disable_ipv6=1"]
+            } else {
+                &["net.ipv6.conf.eth0.accept_dad=0"]
+            };
+            for setting in sysctls {
+                let ok = Command::new("ip")
+                    .args(["netns", "exec", &ns, "sysctl", "-qw", setting])
+                    .status()
+                    .map_err(|e| e.to_string())?;
+                if !ok.success() {
+                    return Err(format!("sysctl {setting}"));
+                }
             }
-            ip(&["-n", &ns, "addr", "add", &format!("fd77::{k}/64"), "dev", "eth0", "nodad"])?;
+            if !self.v4_only {
+                ip(&["-n", &ns, "addr", "add", &format!("fd77::{k}/64"), "dev", "eth0", "nodad"])?;
+            }
             ip(&["-n", &ns, "addr", "add", &format!("10.77.0.{k}/24"), "dev", "eth0"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         }
-        for k in 1..=hosts {
+        for k in (1..=hosts).filter(|_| !self.v4_only) {
             self.wait_link_local(k)?;
         }
         Ok(self)
