@@ -198,6 +198,10 @@ fn summary(node: &Node, root: Option<Hash>, file_bytes: u64, started: Instant) -
         "node_id": node.id().to_hex(),
         "listen": node.local_addr().map(|a| a.to_string()),
         "dht_port": node.dht_port(),
+        "lan": node.lan_stats().map(|l| {
+            let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            json!({ "queries": n(&l.queries), "answered": n(&l.answered), "dropped": n(&l.dropped), "limited": n(&l.limited) })
+        }),
     })
 }
 

@@ -58,8 +58,10 @@ impl Node {
 fn seed(mut cmd: Command, file: &Path, data_dir: &Path, extra: &[&str]) -> (Node, String, String) {
     cmd.arg("seed").arg(file).args(["--listen", "[::]:9000", "--data-dir"]).arg(data_dir).args(extra);
     let node = Node::start(&mut cmd);
-    let root = node.stdout_line(|_| true, "root");
-    let ticket = node.stdout_line(|l| l.starts_with("pex:"), "ticket");
+    // With --json the root and ticket go to stderr, keeping stdout for the summary.
+    let lines = if extra.contains(&"--json") { &node.err } else { &node.out };
+    let root = Node::line(lines, |l| l.len() == 64, "root");
+    let ticket = Node::line(lines, |l| l.starts_with("pex:"), "ticket");
     (node, root, ticket)
 }
 
@@ -109,7 +111,7 @@ fn the_lan_finds_a_seeder_in_another_namespace_by_root_alone() {
         "{err}"
     );
     let capture = net.capture();
-    let (_seeder, root, _) = seed(net.pex(1), &src, &dir.path().join("s"), &[]);
+    let (mut seeder, root, _) = seed(net.pex(1), &src, &dir.path().join("s"), &["--json"]);
     let out = dir.path().join("got.bin");
     let o = run(net
         .pex(2)
@@ -130,6 +132,10 @@ fn the_lan_finds_a_seeder_in_another_namespace_by_root_alone() {
     let key = LookupKey::of(&root_of(&root));
     assert!(seen_in(&udp, &key.0), "no LAN query in the capture ({} datagrams)", udp.len());
     assert_no_root(&udp, &root);
+    // The seeder counted the query it answered.
+    seeder._proc.signal(libc::SIGINT);
+    let s: serde_json::Value = serde_json::from_str(&seeder.stdout_line(|l| l.starts_with('{'), "summary")).unwrap();
+    assert!(s["lan"]["queries"].as_u64().unwrap() >= 1 && s["lan"]["answered"].as_u64().unwrap() >= 1, "{s}");
 }
 
 #[test]
