@@ -70,6 +70,13 @@ fn run(cmd: &mut Command) -> Output {
     Proc::spawn(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped())).output_within(PATIENCE)
 }
 
+/// `pex fetch ROOT --json --no-remember -o DIR/got.bin --data-dir DIR/f` in host k: the root alone.
+fn fetch_by_root(net: &Net, k: usize, root: &str, dir: &Path) -> Output {
+    let mut cmd = net.pex(k);
+    cmd.args(["fetch", root, "--json", "--no-remember", "-o"]).arg(dir.join("got.bin"));
+    run(cmd.arg("--data-dir").arg(dir.join("f")))
+}
+
 fn summary(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "fetch failed: {}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
@@ -112,16 +119,10 @@ fn the_lan_finds_a_seeder_in_another_namespace_by_root_alone() {
     );
     let capture = net.capture();
     let (mut seeder, root, _) = seed(net.pex(1), &src, &dir.path().join("s"), &["--json"]);
-    let out = dir.path().join("got.bin");
-    let o = run(net
-        .pex(2)
-        .args(["fetch", &root, "--json", "--no-remember", "-o"])
-        .arg(&out)
-        .arg("--data-dir")
-        .arg(dir.path().join("f")));
+    let o = fetch_by_root(&net, 2, &root, dir.path());
     let s = summary(&o);
     let udp = capture.stop();
-    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    assert_eq!(std::fs::read(dir.path().join("got.bin")).unwrap(), bytes);
     assert_eq!(s["discovered"]["lan"], 1, "{s}");
     assert_eq!(s["discovered"]["dht"], 0, "{s}");
     // The first query goes out at once and the answer comes at once: well under 3 s
@@ -144,15 +145,9 @@ fn on_a_link_without_ipv6_the_lan_lookup_uses_ipv4_multicast() {
     let dir = tempfile::tempdir().unwrap();
     let (src, bytes) = file(dir.path());
     let (_seeder, root, _) = seed(net.pex(1), &src, &dir.path().join("s"), &[]);
-    let out = dir.path().join("got.bin");
-    let o = run(net
-        .pex(2)
-        .args(["fetch", &root, "--json", "--no-remember", "-o"])
-        .arg(&out)
-        .arg("--data-dir")
-        .arg(dir.path().join("f")));
+    let o = fetch_by_root(&net, 2, &root, dir.path());
     let s = summary(&o);
-    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    assert_eq!(std::fs::read(dir.path().join("got.bin")).unwrap(), bytes);
     assert_eq!(s["discovered"]["lan"], 1, "{s}");
     assert_eq!(s["peers"][0]["address"], "10.77.0.1:9000", "{s}");
 }
@@ -278,18 +273,12 @@ fn forged_and_flooding_lan_answers_do_not_stop_a_fetch() {
     });
     ready.recv_timeout(PATIENCE).unwrap();
     let (_seeder, root, _) = seed(net.pex(1), &src, &dir.path().join("s"), &[]);
-    let out = dir.path().join("got.bin");
-    let o = run(net
-        .pex(2)
-        .args(["fetch", &root, "--json", "--no-remember", "-o"])
-        .arg(&out)
-        .arg("--data-dir")
-        .arg(dir.path().join("f")));
+    let o = fetch_by_root(&net, 2, &root, dir.path());
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let forged = forger.join().unwrap();
     let s = summary(&o);
     assert!(forged >= 200, "the forger answered {forged} times");
-    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    assert_eq!(std::fs::read(dir.path().join("got.bin")).unwrap(), bytes);
     // One source gives at most 4 candidates: the seeder plus a bounded few from the forger.
     let lan = s["discovered"]["lan"].as_u64().unwrap();
     assert!((1..=1 + lan::CANDIDATES_PER_SOURCE as u64).contains(&lan), "{s}");
