@@ -149,3 +149,30 @@ async fn the_responder_answers_only_what_it_holds_and_counts_what_it_drops() {
     assert_eq!(stats.answered.load(Ordering::Relaxed), 1);
     stop.cancel();
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+    /// Any bytes: decoding never panics, and whatever decodes re-encodes to exactly those bytes.
+    #[test]
+    fn any_datagram_decodes_to_its_own_bytes_or_not_at_all(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120), magic in proptest::prelude::any::<bool>()) {
+        let mut bytes = bytes;
+        if magic && bytes.len() >= 6 {
+            // Often a plausible header, so the typed paths are reached too.
+            bytes[..4].copy_from_slice(&MAGIC);
+            bytes[4] = VERSION;
+            bytes[5] = 1 + (bytes[5] & 1);
+        }
+        if let Ok(d) = Datagram::decode(&bytes) {
+            proptest::prop_assert_eq!(d.encode(), bytes);
+        }
+    }
+
+    /// Every query and answer round-trips.
+    #[test]
+    fn every_datagram_round_trips(nonce in proptest::prelude::any::<[u8; 8]>(), key in proptest::prelude::any::<[u8; 32]>(), id in proptest::prelude::any::<[u8; 32]>(), port in 1u16..) {
+        let q = Datagram::Query { nonce, key: LookupKey(key) };
+        proptest::prop_assert_eq!(Datagram::decode(&q.encode()), Ok(q));
+        let a = Datagram::Answer { nonce, key: LookupKey(key), node_id: NodeId(id), port };
+        proptest::prop_assert_eq!(Datagram::decode(&a.encode()), Ok(a));
+    }
+}
