@@ -93,6 +93,7 @@ mod tests {
         assert_eq!(key.0, Hash::of(&joined).0);
         assert_ne!(key.0, root.0);
         assert_eq!(key.dht_id(), key.0[..20]);
+        assert_eq!(format!("{key:?}"), format!("LookupKey({LOOKUP_KEY_OF_11})"));
         // The value PROTOCOL.md quotes for this root.
         assert_eq!(key.to_string(), LOOKUP_KEY_OF_11);
         let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md")).unwrap();

@@ -49,6 +49,11 @@ fn anything_but_an_exact_query_or_answer_is_refused() {
     let mut port0 = a.clone();
     port0[78..80].fill(0);
     cases.push(port0);
+    // Each refusal says why (what a -vv log shows).
+    assert_eq!(Datagram::decode(&q[..45]), Err("wrong length"));
+    assert_eq!(Datagram::decode(&a[..70]), Err("wrong length"));
+    assert_eq!(Datagram::decode(&q[..6]), Err("too short"));
+    assert_eq!(Datagram::decode(&a[..79]), Err("wrong length"));
     for c in cases {
         assert!(Datagram::decode(&c).is_err(), "{}", crate::hash::hex(&c));
     }
@@ -175,4 +180,19 @@ proptest::proptest! {
         let a = Datagram::Answer { nonce, key: LookupKey(key), node_id: NodeId(id), port };
         proptest::prop_assert_eq!(Datagram::decode(&a.encode()), Ok(a));
     }
+}
+
+#[tokio::test]
+async fn a_responder_that_can_bind_neither_family_says_so() {
+    // Another program holds the port without address reuse, on both families.
+    let taken = std::net::UdpSocket::bind("[::]:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let _v4 = std::net::UdpSocket::bind(("0.0.0.0", port));
+    let r = Responder {
+        node_id: NodeId([5; 32]),
+        port: 1,
+        holds: Arc::new(|_| true),
+        stats: Arc::new(LanStats::default()),
+    };
+    assert!(respond(r, port, CancellationToken::new()).is_err());
 }
