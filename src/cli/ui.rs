@@ -176,6 +176,19 @@ fn name(p: &Progress) -> String {
 }
 
 fn connecting(p: &Progress) -> String {
+    if p.dialing.is_empty() {
+        // No address given: discovery is looking (its finds are dialled as they come).
+        let d = p.discovered;
+        let found: Vec<String> = [(d.remembered, "remembered"), (d.lan, "on the LAN"), (d.dht, "on the DHT")]
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect();
+        return match found.is_empty() {
+            true => "looking for peers…".to_owned(),
+            false => format!("looking for peers… found {}", found.join(", ")),
+        };
+    }
     let n = count(p.dialing.len().max(1), "peer", "peers");
     let failing: Vec<String> =
         p.dialing.iter().filter_map(|(a, e)| e.as_ref().map(|e| format!("{a}: {}", clean(e, 60)))).collect();
@@ -251,6 +264,17 @@ impl StatusLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_no_address_given_the_screen_says_discovery_is_looking_and_what_it_found() {
+        let mut p = Progress::default();
+        assert_eq!(connecting(&p), "looking for peers…");
+        p.discovered.lan = 2;
+        p.discovered.dht = 1;
+        assert_eq!(connecting(&p), "looking for peers… found 2 on the LAN, 1 on the DHT");
+        p.dialing = vec![("[::1]:9000".parse().unwrap(), Some("Connection refused".into()))];
+        assert_eq!(connecting(&p), "connecting to 1 peer… [::1]:9000: Connection refused — retrying");
+    }
 
     #[test]
     fn a_rate_counts_only_bytes_received_in_the_window() {
