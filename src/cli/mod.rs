@@ -269,9 +269,12 @@ pub fn main() -> i32 {
             return 0;
         }
         Err(e) => {
-            // One clear line, not clap's usage block (`--help` has that).
+            // One clear line, not clap's usage block (`--help` has that): the
+            // first paragraph joined, so "not provided:" keeps the names under it.
             let text = e.render().to_string();
-            eprintln!("{}", text.lines().next().unwrap_or("error: invalid arguments"));
+            let line: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            let line = if line.is_empty() { "error: invalid arguments".to_owned() } else { line.join(" ") };
+            eprintln!("{line}");
             return 2;
         }
     };

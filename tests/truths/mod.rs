@@ -95,6 +95,17 @@ fn usage_errors_exit_2_and_every_error_is_one_line_without_errno() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert_eq!(stderr(&o).lines().count(), 1, "{args:?}: {}", stderr(&o));
     }
+    // A missing argument is named on that one line (clap lists it below its heading).
+    for (args, named) in [
+        (vec!["fetch", &root, "--dht-bootstrap", "127.0.0.1:6881"], "--dht"),
+        (vec!["fetch"], "<ROOT|TICKET>"),
+        (vec!["fetch", &root, "--dht", "--dht-bootstrap", "[::1]:6881"], "IPv4 only"),
+    ] {
+        let o = run(crate::pex().args(&args));
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        assert!(e.lines().count() == 1 && e.contains(named), "{args:?}: {e}");
+    }
     // A port in use: one line, the cause once, no "(os error N)".
     let taken = std::net::TcpListener::bind("[::1]:0").unwrap();
     let port = taken.local_addr().unwrap().to_string();
