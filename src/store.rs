@@ -376,6 +376,17 @@ impl Store {
         }
     }
 
+    /// Stops serving a blob added with [`Store::add_blob`] (a streamed piece once written).
+    pub fn remove_blob(&self, hash: &Hash) {
+        let mut inner = self.write();
+        if let Some(sources) = inner.blobs.get_mut(hash) {
+            sources.retain(|s| !matches!(s, BlobSource::Memory(_)));
+            if sources.is_empty() {
+                inner.blobs.remove(hash);
+            }
+        }
+    }
+
     /// Stops serving everything of `root`'s file.
     pub fn remove_file(&self, root: &Hash) {
         let mut inner = self.write();

@@ -5,6 +5,7 @@ mod discovery;
 mod hostile;
 mod identity;
 mod independent;
+mod stream;
 mod terminal;
 mod tickets;
 mod truths;

@@ -28,8 +28,15 @@ pub async fn run(command: Command, quiet: bool) -> Result<i32> {
             let mut expect: Vec<_> = node.peers.iter().filter_map(|p| Some((p.addr, p.node_id?))).collect();
             expect.extend(ticket.peers.iter().map(|(id, addr)| (*addr, *id)));
             let hash = ticket.root;
+            // `-o -`: the file to standard output, in order, as it arrives.
+            let stdout = output.as_deref() == Some(Path::new("-"));
+            if stdout && seed {
+                eprintln!("error: --seed needs the file on disk; it cannot be combined with -o -");
+                return Ok(2);
+            }
             let opts = FetchOptions {
-                output,
+                output: output.filter(|_| !stdout),
+                stdout,
                 peers: node.peers.iter().filter(|p| p.node_id.is_none()).map(|p| p.addr).collect(),
                 expect,
                 remembered: Vec::new(),
@@ -340,6 +347,7 @@ async fn fetch(
     let started = Instant::now();
     let mut opts = opts;
     check_output(&opts.output)?;
+    let streaming = opts.stdout;
     let node = start_node(&args, "[::]:0", quiet, token.clone()).await?;
     let tickets = opts.expect.len() - args.peers.iter().filter(|p| p.node_id.is_some()).count();
     if args.peers.is_empty() && opts.expect.is_empty() {
@@ -355,7 +363,7 @@ async fn fetch(
     let _ = bars.await;
     let code = match &result {
         Ok(outcome) => {
-            if !args.json {
+            if !args.json && !streaming {
                 println!("{}", outcome.path.display());
             }
             if show {
@@ -372,6 +380,11 @@ async fn fetch(
             } else {
                 0
             }
+        }
+        // The reader of `-o -` closed it (`| head`): what it wanted, it got.
+        Err(FetchError::OutputClosed) => {
+            node.shutdown().await;
+            return Ok(0);
         }
         Err(FetchError::Interrupted) => {
             eprintln!("error: interrupted{}", resume_hint(&known.borrow()));
@@ -395,7 +408,12 @@ async fn fetch(
         let mut found = serde_json::to_value(known.borrow().discovered).unwrap_or_default();
         found["ticket"] = json!(tickets);
         s["discovered"] = found;
-        println!("{s}");
+        // With -o -, stdout carries the file.
+        if streaming {
+            eprintln!("{s}");
+        } else {
+            println!("{s}");
+        }
     }
     Ok(code)
 }

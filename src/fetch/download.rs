@@ -5,6 +5,7 @@
 use super::blobs::Blobs;
 use super::output::Output;
 use super::schedule::PeerState;
+use super::stream::Stream;
 use super::{DownloadEvent, Env, FetchError, FetchOptions, FetchOutcome, Progress, Stage, PERSIST_INTERVAL};
 use crate::hash::Hash;
 use crate::manifest::{FileInfo, Manifest};
@@ -50,10 +51,30 @@ pub(super) struct Pieces {
     pub blobs: Blobs,
     pub picker: Picker,
     pub out: Output,
-    pub part: Arc<PartFile>,
-    pub entry: Arc<FileEntry>,
+    pub sink: Sink,
     /// Blobs being hashed and written now.
     pub verifying: HashSet<u32>,
+}
+
+/// Where verified pieces go.
+pub(super) enum Sink {
+    /// Into their slots of the `.part`, served from there.
+    Part { part: Arc<PartFile>, entry: Arc<FileEntry> },
+    /// To standard output in order, held in memory until written (`-o -`).
+    Stream(Box<Stream>),
+}
+
+impl Pieces {
+    /// The pieces held, as BITFIELD bits (none for a stream: what it holds
+    /// for a moment is announced with HAVE).
+    pub fn held_bits(&self) -> Bytes {
+        match &self.sink {
+            Sink::Part { entry, .. } => crate::bitfield::to_bytes(entry.held()),
+            Sink::Stream(_) => {
+                crate::bitfield::to_bytes(bitvec::bitvec![u8, bitvec::order::Msb0; 0; self.info.pieces.len()])
+            }
+        }
+    }
 }
 
 impl Phase {
@@ -70,7 +91,8 @@ impl Phase {
 
 /// The verdict on one GIVE of a piece.
 pub(super) enum Verified {
-    Ok,
+    /// Written into the `.part` (None), or verified to be streamed (the data).
+    Ok(Option<Bytes>),
     /// With the sender's connection, which may have left while the piece was hashed.
     Mismatch(Option<Arc<PeerConn>>),
     Failed(StoreError),
@@ -171,6 +193,7 @@ impl Download {
                         source: std::io::Error::other(e),
                     })?;
                     self.on_verified(blob, conn, verdict)?;
+                    self.drain_stream().await?;
                 }
                 _ = tick.tick() => {
                     self.on_tick()?;
@@ -194,7 +217,7 @@ impl Download {
                 self.clock.ever_connected = true;
                 self.clock.last_join = Instant::now();
                 if let Phase::Pieces(p) = &self.phase {
-                    conn.send_bitfield_once(self.root, crate::bitfield::to_bytes(p.entry.held()));
+                    conn.send_bitfield_once(self.root, p.held_bits());
                 }
                 self.peers.insert(conn.conn_id, PeerState::new(conn));
             }
@@ -289,18 +312,22 @@ impl Download {
                 }
                 p.verifying.insert(b);
                 let sender = self.peers.get(&conn).map(|peer| peer.conn.clone());
-                let part = p.part.clone();
+                let part = match &p.sink {
+                    Sink::Part { part, .. } => Some(part.clone()),
+                    Sink::Stream(_) => None,
+                };
                 let pieces = p.blobs.pieces_of[b as usize].clone();
                 self.verifying.spawn_blocking(move || {
                     if Hash::of(&data) != hash {
                         return (b, conn, Verified::Mismatch(sender));
                     }
+                    let Some(part) = part else { return (b, conn, Verified::Ok(Some(data))) };
                     for p in pieces {
                         if let Err(e) = part.write_piece(p as u64, &data) {
                             return (b, conn, Verified::Failed(e));
                         }
                     }
-                    (b, conn, Verified::Ok)
+                    (b, conn, Verified::Ok(None))
                 });
                 Ok(())
             }
@@ -351,15 +378,29 @@ impl Download {
                 tracing::warn!(piece, "piece failed verification; asking another peer");
                 self.misbehaved(conn, sender, "sent a piece that does not match its hash")
             }
-            Verified::Ok => {
+            Verified::Ok(data) => {
                 if !p.picker.completed(b as usize) {
                     return Ok(());
                 }
                 let hash = p.blobs.hashes[b as usize];
-                for &i in &p.blobs.pieces_of[b as usize] {
-                    if self.env.store.mark_held(&p.entry, i as usize) {
-                        self.have_bytes += p.info.manifest.piece_len(i as u64) as u64;
+                let pieces = &p.blobs.pieces_of[b as usize];
+                match (&mut p.sink, data) {
+                    (Sink::Part { entry, .. }, _) => {
+                        for &i in pieces {
+                            if self.env.store.mark_held(entry, i as usize) {
+                                self.have_bytes += p.info.manifest.piece_len(i as u64) as u64;
+                            }
+                        }
                     }
+                    (Sink::Stream(stream), Some(data)) => {
+                        // Served from memory until written.
+                        self.env.store.add_blob(hash, data.clone());
+                        stream.hold(pieces, &data);
+                        self.have_bytes += (data.len() * pieces.len()) as u64;
+                    }
+                    (Sink::Stream(_), None) => {}
+                }
+                for &i in pieces {
                     self.env.swarm.broadcast_have(self.root, i);
                 }
                 for peer in self.peers.values_mut() {
@@ -372,6 +413,16 @@ impl Download {
                 self.publish();
                 Ok(())
             }
+        }
+    }
+
+    /// Writes the streamed pieces that are next in order; a closed output ends the download.
+    async fn drain_stream(&mut self) -> Result<(), FetchError> {
+        let Phase::Pieces(Pieces { sink: Sink::Stream(stream), blobs, .. }) = &mut self.phase else { return Ok(()) };
+        match stream.drain(blobs, &self.env.store).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(FetchError::OutputClosed),
+            Err(e) => Err(StoreError::Io { path: "standard output".into(), source: e }.into()),
         }
     }
 

@@ -14,9 +14,11 @@ mod blobs;
 mod download;
 mod output;
 mod schedule;
+mod stream;
 
 pub use download::download;
 pub use output::part_path;
+pub use stream::WINDOW as STREAM_WINDOW;
 
 use crate::datadir::DataDir;
 use crate::hash::Hash;
@@ -108,6 +110,10 @@ pub struct FetchOptions {
     pub connect_timeout: Duration,
     /// Give up once no peer has been reachable, or no progress made, for this long (60 s).
     pub give_up_after: Duration,
+    /// Write the file to this process's standard output, in order, as pieces
+    /// verify, instead of to `output`: nothing is written to disk and memory
+    /// stays bounded (pieces are asked for within [`STREAM_WINDOW`] of the write position).
+    pub stdout: bool,
 }
 
 impl Default for FetchOptions {
@@ -119,6 +125,7 @@ impl Default for FetchOptions {
             remembered: Vec::new(),
             connect_timeout: Duration::from_secs(30),
             give_up_after: Duration::from_secs(60),
+            stdout: false,
         }
     }
 }
@@ -238,6 +245,9 @@ pub enum FetchError {
     /// The node was shut down.
     #[error("interrupted")]
     Interrupted,
+    /// Streaming to standard output, and the reader closed it (a pipe into `head`).
+    #[error("the output was closed")]
+    OutputClosed,
     /// Another fetch of this root runs in this node.
     #[error("{0} is already being fetched")]
     AlreadyFetching(Hash),

@@ -10,7 +10,8 @@
 //! runs on a blocking thread.
 
 use super::blobs::Blobs;
-use super::download::{Download, Lists, Phase, Pieces};
+use super::download::{Download, Lists, Phase, Pieces, Sink};
+use super::stream::Stream;
 use super::{blocking, FetchError, FetchOutcome};
 use crate::bitfield::{self, Bits};
 use crate::datadir::{PartialRecord, SeedRecord};
@@ -43,6 +44,8 @@ pub(super) struct Output {
     pub created: bool,
     /// A `.part` found without a record of ours (another data directory's), re-checked whole.
     pub adopted: bool,
+    /// Streaming to standard output: no path, no `.part`, no records.
+    pub stream: bool,
     /// A flush-then-record of the partial state in progress.
     persisting: Option<JoinHandle<io::Result<()>>>,
     /// Pieces completed since the last record.
@@ -58,6 +61,7 @@ impl Output {
             part_abs: path.clone(),
             path,
             part: Some(part),
+            stream: false,
             created: true,
             adopted: false,
             persisting: None,
@@ -82,6 +86,20 @@ impl Output {
 impl Download {
     /// The manifest arrived: pick the output path, check space, open the `.part`.
     pub(super) async fn accept_manifest(&mut self, blob: Bytes, manifest: Manifest) -> Result<(), FetchError> {
+        if self.opts.stdout {
+            let out = Output {
+                path: "-".into(),
+                part: None,
+                part_abs: "-".into(),
+                created: false,
+                adopted: false,
+                stream: true,
+                persisting: None,
+                unpersisted: 0,
+                last_persist: Instant::now(),
+            };
+            return self.enter_lists(blob, manifest, out, None).await;
+        }
         let name = crate::manifest::sanitize_name(&manifest.name);
         let path = match &self.opts.output {
             // An existing directory: save into it under the manifest's name, as `cp` does.
@@ -134,23 +152,35 @@ impl Download {
             (Some(r), false) => r.claimed(pieces),
             (None, false) => None,
         };
-        self.env.store.add_blob(self.root, blob.clone());
-        let shown_part = part.as_ref().map(|_| abs.clone());
-        self.progress.send_modify(|p| {
-            p.name = Some(manifest.name.clone());
-            p.total_bytes = manifest.size;
-            p.part = shown_part;
-        });
         let out = Output {
             path,
             part: part.clone(),
             part_abs: abs,
             created: fresh,
             adopted,
+            stream: false,
             persisting: None,
             unpersisted: 0,
             last_persist: Instant::now(),
         };
+        self.enter_lists(blob, manifest, out, claimed).await
+    }
+
+    /// Serves the manifest and asks for the hash lists (pieces at once if there are none).
+    async fn enter_lists(
+        &mut self,
+        blob: Bytes,
+        manifest: Manifest,
+        out: Output,
+        claimed: Option<Vec<u8>>,
+    ) -> Result<(), FetchError> {
+        self.env.store.add_blob(self.root, blob.clone());
+        let shown_part = out.part.as_ref().map(|_| out.part_abs.clone());
+        self.progress.send_modify(|p| {
+            p.name = Some(manifest.name.clone());
+            p.total_bytes = manifest.size;
+            p.part = shown_part;
+        });
         let lists = vec![None; manifest.lists.len()];
         let no_lists = lists.is_empty();
         self.phase = Phase::Lists(Lists { blob, manifest, lists, out, claimed });
@@ -180,6 +210,14 @@ impl Download {
             .map_err(|error| FetchError::BadManifest { root: self.root, error })?;
         let info = Arc::new(info);
         let blobs = Blobs::new(&info).map_err(|(index, reason)| FetchError::BadPiece { index, reason })?;
+        if l.out.stream {
+            let held = bitvec![u8, Msb0; 0; info.pieces.len()];
+            let Phase::Lists(l) = std::mem::replace(&mut self.phase, Phase::Manifest) else { return Ok(()) };
+            let picker = Picker::new(blobs.held_blobs(&held));
+            let sink = Sink::Stream(Box::new(Stream::new()));
+            self.phase = Phase::Pieces(Pieces { info, blobs, picker, out: l.out, sink, verifying: HashSet::new() });
+            return self.enter_pieces(held);
+        }
         let (dd, record) = (self.env.data_dir.clone(), info.clone());
         let (part, claimed, path) = (l.out.part.clone(), l.claimed.clone(), l.out.path.clone());
         let (check, progress) = (info.clone(), self.progress.clone());
@@ -235,8 +273,13 @@ impl Download {
         self.have_bytes = self.resumed_bytes;
         let entry = self.env.store.add_partial(info.clone(), part.clone(), held.clone());
         let picker = Picker::new(blobs.held_blobs(&held));
-        let verifying = HashSet::new();
-        self.phase = Phase::Pieces(Pieces { info, blobs, picker, out: l.out, part, entry, verifying });
+        let (verifying, sink) = (HashSet::new(), Sink::Part { part, entry });
+        self.phase = Phase::Pieces(Pieces { info, blobs, picker, out: l.out, sink, verifying });
+        self.enter_pieces(held)
+    }
+
+    /// Tells the peers what is held, applies what they said before, and starts asking for pieces.
+    fn enter_pieces(&mut self, held: Bits) -> Result<(), FetchError> {
         let bits = bitfield::to_bytes(held);
         for p in self.peers.values() {
             p.conn.send_bitfield_once(self.root, bits.clone());
@@ -278,8 +321,9 @@ impl Download {
         if out.unpersisted == 0 {
             return;
         }
-        let held = bitfield::to_bytes(p.entry.held());
-        let (part, path) = (p.part.clone(), out.part_abs.clone());
+        let Sink::Part { part, entry } = &p.sink else { return };
+        let held = bitfield::to_bytes(entry.held());
+        let (part, path) = (part.clone(), out.part_abs.clone());
         out.unpersisted = 0;
         out.last_persist = Instant::now();
         let job = tokio::task::spawn_blocking(move || -> io::Result<()> {
@@ -301,7 +345,24 @@ impl Download {
                 if let Some(h) = p.out.persisting.take() {
                     let _ = h.await;
                 }
-                (p.info.clone(), Some(p.part.clone()), p.out.path.clone())
+                match &p.sink {
+                    Sink::Part { part, .. } => (p.info.clone(), Some(part.clone()), p.out.path.clone()),
+                    Sink::Stream(s) if s.is_drained() => {
+                        let (root, info) = (self.root, p.info.clone());
+                        let file_bytes = info.manifest.size;
+                        self.publish();
+                        let path = "-".into();
+                        return Ok(Some(FetchOutcome {
+                            root,
+                            path,
+                            file_bytes,
+                            resumed_bytes: 0,
+                            already_complete: false,
+                            info,
+                        }));
+                    }
+                    Sink::Stream(_) => return Ok(None),
+                }
             }
             Phase::Complete { info, out } => (info.clone(), None, out.path.clone()),
             _ => return Ok(None),
@@ -344,6 +405,11 @@ impl Download {
     /// state, or, if this run created the `.part` and no piece was verified,
     /// remove the `.part` and its record (nothing in them is worth keeping).
     pub(super) async fn abandon(&mut self) {
+        if let Phase::Pieces(Pieces { sink: Sink::Stream(s), blobs, .. }) = &self.phase {
+            for hash in s.held(blobs) {
+                self.env.store.remove_blob(&hash);
+            }
+        }
         self.persist(true).await;
         let Some(out) = self.phase.output() else { return };
         if !out.created || self.have_bytes > 0 {

@@ -1,7 +1,7 @@
 //! Choosing what to ask whom: each peer as this download sees it, the ASK
 //! window per peer, time-outs that move ASKs elsewhere, and giving up.
 
-use super::download::{Download, Phase};
+use super::download::{Download, Phase, Sink};
 use super::{FetchError, MAX_INFLIGHT};
 use crate::bitfield;
 use crate::hash::Hash;
@@ -143,11 +143,12 @@ impl Download {
                         continue;
                     }
                     while p.asked.len() < p.depth() && inflight < MAX_INFLIGHT {
-                        let (blobs, verifying) = (&pc.blobs, &pc.verifying);
+                        let (blobs, verifying, sink) = (&pc.blobs, &pc.verifying, &pc.sink);
                         let skip = |b: usize| {
                             p.asked.contains(&blobs.hashes[b])
                                 || verifying.contains(&(b as u32))
                                 || p.lacks.contains(&(b as u32))
+                                || matches!(sink, Sink::Stream(s) if s.beyond_window(blobs, b))
                         };
                         let Some(b) = pc.picker.pick(p.has.as_deref(), skip, &mut self.rng) else { break };
                         pc.picker.requested(b);

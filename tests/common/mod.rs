@@ -180,10 +180,9 @@ pub fn failing_fetch(out: PathBuf, peers: Vec<SocketAddr>) -> FetchOptions {
     FetchOptions {
         output: Some(out),
         peers,
-        expect: Vec::new(),
-        remembered: Vec::new(),
         connect_timeout: Duration::from_secs(3),
         give_up_after: Duration::from_secs(3),
+        ..FetchOptions::default()
     }
 }
 
