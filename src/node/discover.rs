@@ -292,3 +292,27 @@ impl Finder {
         format!("{lan}; {dht}; {remembered}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{hash_pieces, FileInfo};
+
+    #[test]
+    fn a_node_holds_exactly_the_keys_of_the_roots_it_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 3000]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let info = Arc::new(FileInfo::new("f", 3000, hash_pieces(&file, 3000, 1, &|_| {}).unwrap()));
+        let (store, index) = (Store::new(), Mutex::new(KeyIndex::default()));
+        let key = LookupKey::of(&info.root);
+        assert!(!holds(&store, &index, &key), "nothing served yet");
+        store.add_source(info.clone(), &path, None).unwrap();
+        assert!(holds(&store, &index, &key), "the root's key, once served");
+        assert!(!holds(&store, &index, &LookupKey(info.root.0)), "never the root itself");
+        assert!(!holds(&store, &index, &LookupKey::of(&Hash([0; 32]))));
+        store.remove_file(&info.root);
+        assert!(!holds(&store, &index, &key), "the index follows the store");
+    }
+}
