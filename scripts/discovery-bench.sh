@@ -20,7 +20,11 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  for n in br 1 2 3; do ip netns del "$tag-$n" 2>/dev/null || true; done
+  # Background jobs are subshells: kill what runs inside each namespace too.
+  for n in br 1 2 3; do
+    ip netns pids "$tag-$n" 2>/dev/null | xargs -r kill 2>/dev/null || true
+    ip netns del "$tag-$n" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
