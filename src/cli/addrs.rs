@@ -7,12 +7,11 @@ use std::net::{IpAddr, SocketAddr};
 fn rank(ip: &IpAddr) -> Option<u8> {
     match ip {
         IpAddr::V6(v6) => {
-            let seg = v6.segments();
             if v6.is_loopback() {
                 Some(8)
-            } else if v6.is_unspecified() || v6.is_multicast() || (seg[0] & 0xffc0) == 0xfe80 {
+            } else if v6.is_unspecified() || v6.is_multicast() || v6.is_unicast_link_local() {
                 None // link-local needs a scope id nobody can type elsewhere
-            } else if (seg[0] & 0xfe00) == 0xfc00 {
+            } else if v6.is_unique_local() {
                 Some(1) // unique-local
             } else {
                 Some(0) // global

@@ -218,10 +218,7 @@ fn join(sock: &UdpSocket, v6: bool, joined: &mut HashSet<String>) {
 /// multicast on the link does; anything else is someone probing from afar.
 fn local_source(ip: &IpAddr) -> bool {
     match ip {
-        IpAddr::V6(v6) => {
-            let s = v6.segments()[0];
-            v6.is_loopback() || (s & 0xffc0) == 0xfe80 || (s & 0xfe00) == 0xfc00
-        }
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unicast_link_local() || v6.is_unique_local(),
         IpAddr::V4(v4) => v4.is_private() || v4.is_link_local() || v4.is_loopback(),
     }
 }

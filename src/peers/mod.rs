@@ -248,7 +248,7 @@ impl PeerTable {
             .iter()
             .filter(|(a, e)| {
                 // A link-local address means nothing off its link (PEERS carries no scope).
-                !matches!(a, SocketAddr::V6(v6) if (v6.ip().segments()[0] & 0xffc0) == 0xfe80)
+                !matches!(a, SocketAddr::V6(v6) if v6.ip().is_unicast_link_local())
                     && e.verified
                     && e.shareable
                     && e.node_id.is_some()
