@@ -89,31 +89,31 @@ pub(super) async fn start(
 /// routing table now and then and at shutdown.
 pub(super) async fn announce_loop(shared: Arc<Shared>) {
     let Some(dht) = shared.discovery.dht.clone() else { return };
-    let port = shared.local_addr.map(|a| a.port());
     let mut next: HashMap<Hash, Instant> = HashMap::new();
     let mut announced: HashSet<Hash> = HashSet::new();
     let mut saved = Instant::now();
     let work = async {
         loop {
-            for root in shared.store.roots() {
-                let (Some(port), due) = (port, next.get(&root).is_none_or(|t| *t <= Instant::now())) else { break };
-                if !due {
-                    continue;
-                }
-                let wait = match dht.announce(&LookupKey::of(&root), port).await {
-                    Ok(()) => {
-                        if !next.contains_key(&root) || !announced.contains(&root) {
-                            announced.insert(root);
-                            shared.discovery.announced.store(announced.len(), Ordering::Relaxed);
+            // Not listening: nothing to announce, but the routing table is still kept.
+            if let Some(port) = shared.local_addr.map(|a| a.port()) {
+                for root in shared.store.roots() {
+                    if next.get(&root).is_some_and(|t| *t > Instant::now()) {
+                        continue;
+                    }
+                    let wait = match dht.announce(&LookupKey::of(&root), port).await {
+                        Ok(()) => {
+                            if announced.insert(root) {
+                                shared.discovery.announced.store(announced.len(), Ordering::Relaxed);
+                            }
+                            REANNOUNCE
                         }
-                        REANNOUNCE
-                    }
-                    Err(e) => {
-                        tracing::debug!("DHT announce failed, retrying in 5 s: {e}");
-                        Duration::from_secs(5)
-                    }
-                };
-                next.insert(root, Instant::now() + wait);
+                        Err(e) => {
+                            tracing::debug!("DHT announce failed, retrying in 5 s: {e}");
+                            Duration::from_secs(5)
+                        }
+                    };
+                    next.insert(root, Instant::now() + wait);
+                }
             }
             if saved.elapsed() >= SAVE_EVERY {
                 dht.save().await;
