@@ -2,6 +2,10 @@
 //! blobs, and the manifest lists those, so every blob fits one GIVE while
 //! files of petabytes still have a manifest (docs/PROTOCOL.md section 6).
 
+mod folder;
+
+pub use folder::{path_order, validate_path, Entry, EntryKind, FolderInfo, FolderManifest};
+
 use crate::hash::Hash;
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fs::File;
@@ -60,6 +64,9 @@ pub enum ManifestError {
         /// Lists present.
         got: u64,
     },
+    /// A folder's entries are inconsistent or unsafe (see [`FolderInfo::from_parts`]).
+    #[error("bad folder manifest: {0}")]
+    BadFolder(String),
     /// Trailing bytes after the list hashes.
     #[error("manifest has {0} trailing bytes")]
     Trailing(usize),
