@@ -12,6 +12,7 @@
 //!   [`bitfield`], [`picker`] (piece choice), [`text`] (showing untrusted text),
 //!   [`timeouts`], [`ratelimit`], [`peers`] (the known-address table),
 //!   [`ticket`] (a root and where to fetch it, as one string);
+//! - [`tree`]: reading a directory tree to share as a folder;
 //! - [`discovery`]: finding holders by the lookup key, on the local network
 //!   (multicast) and the Mainline DHT;
 //! - storage: [`mapping`] (the only code that touches mapped memory),
@@ -44,6 +45,7 @@ pub mod store;
 pub mod text;
 pub mod ticket;
 pub mod timeouts;
+pub mod tree;
 pub mod wire;
 
 /// Locks a mutex, taking the data even if another thread panicked while holding
@@ -73,6 +75,7 @@ mod layering {
         "wire",
         "noise",
         "manifest",
+        "tree",
         "peers",
         "ticket",
         "discovery",

@@ -147,6 +147,32 @@ pub enum Body {
     Memory(Bytes),
     /// A piece in a mapped file.
     Mapped(MappedRange),
+    /// A piece of a file opened for this GIVE alone: a folder's files are not
+    /// kept open (or mapped), so a tree of any number of files fits the
+    /// descriptor limit.
+    File(FileRange),
+}
+
+/// A range of a file opened for one read, read with positioned reads.
+#[derive(Debug)]
+pub struct FileRange {
+    file: File,
+    off: u64,
+    len: usize,
+}
+
+impl FileRange {
+    /// The range `off..off + len` of `file`.
+    pub fn new(file: File, off: u64, len: usize) -> FileRange {
+        FileRange { file, off, len }
+    }
+
+    fn read_at(&self, off: usize, dst: &mut [u8]) -> io::Result<()> {
+        if off.checked_add(dst.len()).is_none_or(|end| end > self.len) {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.file.read_exact_at(dst, self.off + off as u64)
+    }
 }
 
 impl Body {
@@ -155,6 +181,7 @@ impl Body {
         match self {
             Body::Memory(b) => b.len(),
             Body::Mapped(m) => m.len(),
+            Body::File(f) => f.len,
         }
     }
 
@@ -168,6 +195,11 @@ impl Body {
         match self {
             Body::Memory(b) => Ok(b.to_vec()),
             Body::Mapped(m) => m.copy_out(),
+            Body::File(f) => {
+                let mut v = vec![0u8; f.len];
+                f.read_at(0, &mut v)?;
+                Ok(v)
+            }
         }
     }
 
@@ -181,6 +213,7 @@ impl Body {
                 Ok(())
             }
             Body::Mapped(m) => m.read_at(off, dst),
+            Body::File(f) => f.read_at(off, dst),
         }
     }
 }

@@ -14,8 +14,9 @@
 
 use crate::bitfield::Bits;
 use crate::hash::Hash;
+use crate::manifest::FolderInfo;
 use crate::manifest::{FileInfo, PIECE_SIZE};
-use crate::mapping::{Body, MappedRange, Mapping};
+use crate::mapping::{Body, FileRange, MappedRange, Mapping};
 use bitvec::prelude::*;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -219,6 +220,12 @@ pub fn free_space(path: &Path) -> io::Result<u64> {
 enum Backing {
     Source(Source),
     Partial(Arc<PartFile>),
+    /// A file of a folder: opened for each GIVE, never kept open.
+    Lazy {
+        path: PathBuf,
+        size: u64,
+        mtime: Option<SystemTime>,
+    },
 }
 
 /// A file this node serves pieces of: a seeded source or a download in progress.
@@ -262,6 +269,7 @@ impl FileEntry {
                 (src.map.as_ref(), src.size)
             }
             Backing::Partial(part) => (part.map.as_ref(), part.size),
+            Backing::Lazy { path, size, mtime } => return self.lazy_piece(path, *size, *mtime, index),
         };
         let off = index as u64 * PIECE_SIZE;
         let len = (size - off).min(PIECE_SIZE) as usize;
@@ -269,6 +277,24 @@ impl FileEntry {
             Some(map) => MappedRange::new(map.clone(), off as usize, len).map(Body::Mapped),
             None => Some(Body::Memory(Bytes::new())),
         }
+    }
+
+    /// Piece `index` of a folder's file, opened now; `None` (and the file no
+    /// longer served) if it changed since it was hashed.
+    fn lazy_piece(&self, path: &Path, size: u64, mtime: Option<SystemTime>, index: usize) -> Option<Body> {
+        let fresh = File::open(path).and_then(|f| f.metadata().map(|m| (f, m)));
+        let file = match fresh {
+            Ok((f, m)) if m.len() == size && m.modified().ok() == mtime => f,
+            _ => {
+                if !self.stale.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(path = %path.display(), "seeded file changed or vanished; no longer serving it");
+                }
+                return None;
+            }
+        };
+        let off = index as u64 * PIECE_SIZE;
+        let len = size.checked_sub(off)?.min(PIECE_SIZE) as usize;
+        Some(Body::File(FileRange::new(file, off, len)))
     }
 
     /// False once a seeded source was seen changed or gone.
@@ -293,6 +319,7 @@ pub struct Store {
 struct StoreInner {
     blobs: HashMap<Hash, Vec<BlobSource>>,
     files: HashMap<Hash, Arc<FileEntry>>,
+    folders: HashMap<Hash, Arc<FolderInfo>>,
 }
 
 impl Store {
@@ -333,6 +360,50 @@ impl Store {
         Ok(entry)
     }
 
+    /// Serves a file of a folder from `path`, opening it for each GIVE rather
+    /// than keeping it open: a folder of any number of files fits the
+    /// descriptor limit. Replaces whatever served `info.root` before (the
+    /// `.part` of a file just fetched).
+    pub fn add_lazy_source(&self, info: Arc<FileInfo>, path: &Path, mtime: Option<SystemTime>) -> Arc<FileEntry> {
+        let pieces = info.pieces.len();
+        let size = info.manifest.size;
+        let entry = Arc::new(FileEntry {
+            info,
+            backing: Backing::Lazy { path: path.to_owned(), size, mtime },
+            held: Mutex::new(bitvec![u8, Msb0; 1; pieces]),
+            stale: AtomicBool::new(false),
+        });
+        let mut inner = self.write();
+        inner.drop_file(&entry.info.root);
+        inner.register_meta(&entry);
+        for (i, h) in entry.info.pieces.iter().enumerate() {
+            inner.blobs.entry(*h).or_default().push(BlobSource::Piece(entry.clone(), i));
+        }
+        inner.files.insert(entry.info.root, entry.clone());
+        entry
+    }
+
+    /// Serves a folder's manifest and entry blobs (its files are added one by one).
+    pub fn add_folder(&self, info: Arc<FolderInfo>) {
+        let mut inner = self.write();
+        let mut add = |h: Hash, b: &Bytes| {
+            let v = inner.blobs.entry(h).or_default();
+            if !v.iter().any(|s| matches!(s, BlobSource::Memory(_))) {
+                v.push(BlobSource::Memory(b.clone()));
+            }
+        };
+        add(info.root, &info.manifest_blob);
+        for (h, b) in info.manifest.blobs.iter().zip(&info.blobs) {
+            add(*h, b);
+        }
+        inner.folders.insert(info.root, info);
+    }
+
+    /// The folder registered under `root`, if any.
+    pub fn folder(&self, root: &Hash) -> Option<Arc<FolderInfo>> {
+        self.read().folders.get(root).cloned()
+    }
+
     /// Serves the manifest and lists of a download, and its pieces as they are verified.
     pub fn add_partial(&self, info: Arc<FileInfo>, part: Arc<PartFile>, held: Bits) -> Arc<FileEntry> {
         part.claim_present(&held);
@@ -356,7 +427,7 @@ impl Store {
     pub fn mark_held(&self, entry: &Arc<FileEntry>, index: usize) -> bool {
         let written = match &entry.backing {
             Backing::Partial(part) => part.is_claimed(index),
-            Backing::Source(_) => index < entry.info.pieces.len(),
+            Backing::Source(_) | Backing::Lazy { .. } => index < entry.info.pieces.len(),
         };
         if !written {
             return false;
@@ -389,13 +460,7 @@ impl Store {
 
     /// Stops serving everything of `root`'s file.
     pub fn remove_file(&self, root: &Hash) {
-        let mut inner = self.write();
-        if let Some(entry) = inner.files.remove(root) {
-            inner.blobs.retain(|_, sources| {
-                sources.retain(|s| !matches!(s, BlobSource::Piece(e, _) if Arc::ptr_eq(e, &entry)));
-                !sources.is_empty()
-            });
-        }
+        self.write().drop_file(root);
     }
 
     /// The file registered under `root`, if any.
@@ -403,9 +468,10 @@ impl Store {
         self.read().files.get(root).cloned()
     }
 
-    /// Roots of every file this node serves.
+    /// Roots of every file and folder this node serves.
     pub fn roots(&self) -> Vec<Hash> {
-        self.read().files.keys().copied().collect()
+        let inner = self.read();
+        inner.files.keys().chain(inner.folders.keys()).copied().collect()
     }
 
     /// The blob with this hash, if this node can serve it now. A piece comes
@@ -430,6 +496,19 @@ impl Store {
 }
 
 impl StoreInner {
+    /// Forgets `root`'s file and its pieces (not its manifest and lists, kept in memory).
+    fn drop_file(&mut self, root: &Hash) {
+        let Some(entry) = self.files.remove(root) else { return };
+        for h in &entry.info.pieces {
+            if let Some(sources) = self.blobs.get_mut(h) {
+                sources.retain(|s| !matches!(s, BlobSource::Piece(e, _) if Arc::ptr_eq(e, &entry)));
+                if sources.is_empty() {
+                    self.blobs.remove(h);
+                }
+            }
+        }
+    }
+
     fn register_meta(&mut self, entry: &Arc<FileEntry>) {
         let info = &entry.info;
         let mut add = |h: Hash, b: &Bytes| {

@@ -5,6 +5,7 @@
 use super::{addrs, ui, Command, NodeArgs, EXIT_INTERRUPTED};
 use anyhow::{anyhow, bail, Result};
 use pex::datadir::DataDir;
+use pex::fetch::Content;
 use pex::text::{bytes, clean, io_message, shown_path};
 use pex::{Config, FetchError, FetchOptions, Hash, Node, Progress};
 use serde_json::json;
@@ -22,9 +23,23 @@ pub async fn run(command: Command, quiet: bool) -> Result<i32> {
     let token = CancellationToken::new();
     cancel_on_signal(token.clone());
     match command {
+        Command::Hash { file } if file.is_dir() => super::folders::hash_dir(&file, quiet, token).await,
         Command::Hash { file } => hash(&file, quiet, token).await,
+        Command::Seed { file, rehash, node } if file.is_dir() => {
+            super::folders::seed_dir(&file, rehash, node, quiet, token).await
+        }
         Command::Seed { file, rehash, node } => seed(file, rehash, node, quiet, token).await,
-        Command::Fetch { hash: ticket, output, seed, connect_timeout, give_up_after, node } => {
+        Command::Ls { hash: ticket, node } => {
+            let mut expect: Vec<_> = node.peers.iter().filter_map(|p| Some((p.addr, p.node_id?))).collect();
+            expect.extend(ticket.peers.iter().map(|(id, addr)| (*addr, *id)));
+            let opts = FetchOptions {
+                peers: node.peers.iter().filter(|p| p.node_id.is_none()).map(|p| p.addr).collect(),
+                expect,
+                ..FetchOptions::default()
+            };
+            super::folders::ls(ticket.root, opts, node, quiet, token).await
+        }
+        Command::Fetch { hash: ticket, output, only, seed, connect_timeout, give_up_after, node } => {
             let mut expect: Vec<_> = node.peers.iter().filter_map(|p| Some((p.addr, p.node_id?))).collect();
             expect.extend(ticket.peers.iter().map(|(id, addr)| (*addr, *id)));
             let hash = ticket.root;
@@ -42,6 +57,8 @@ pub async fn run(command: Command, quiet: bool) -> Result<i32> {
                 remembered: Vec::new(),
                 connect_timeout: Duration::from_secs(connect_timeout),
                 give_up_after: Duration::from_secs(give_up_after),
+                only,
+                ..FetchOptions::default()
             };
             fetch(hash, opts, seed, node, quiet, token).await
         }
@@ -78,7 +95,12 @@ async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
     }
 }
 
-async fn start_node(args: &NodeArgs, default_listen: &str, quiet: bool, token: CancellationToken) -> Result<Node> {
+pub(super) async fn start_node(
+    args: &NodeArgs,
+    default_listen: &str,
+    quiet: bool,
+    token: CancellationToken,
+) -> Result<Node> {
     let dir = args.data_dir.clone().unwrap_or_else(DataDir::default_path);
     let data_dir = DataDir::open(&dir).map_err(|e| anyhow!("{}", io_message(&e)))?;
     let default: SocketAddr = default_listen.parse()?;
@@ -118,7 +140,7 @@ async fn start_node(args: &NodeArgs, default_listen: &str, quiet: bool, token: C
 }
 
 /// A ticket for `root` at this node's routable addresses for `listen`.
-fn ticket_for(root: Hash, id: pex::NodeId, listen: SocketAddr) -> pex::ticket::Ticket {
+pub(super) fn ticket_for(root: Hash, id: pex::NodeId, listen: SocketAddr) -> pex::ticket::Ticket {
     let peers = addrs::reachable(listen).into_iter().take(pex::ticket::MAX_PEERS).map(|a| (id, a)).collect();
     pex::ticket::Ticket { root, peers }
 }
@@ -127,7 +149,8 @@ fn ticket_for(root: Hash, id: pex::NodeId, listen: SocketAddr) -> pex::ticket::T
 fn ticket(root: Hash, listen: SocketAddr, data_dir: Option<PathBuf>) -> Result<i32> {
     let dir = data_dir.unwrap_or_else(DataDir::default_path);
     let dd = DataDir::open(&dir).map_err(|e| anyhow!("{}", io_message(&e)))?;
-    if !dd.seeds().into_iter().flatten().any(|(_, info)| info.root == root) {
+    let folder = || dd.folders().into_iter().flatten().any(|(f, _)| f.root == root);
+    if !dd.seeds().into_iter().flatten().any(|(_, info)| info.root == root) && !folder() {
         bail!("this node serves no file with root {root} (see `pex serve`)");
     }
     let id = dd.identity().map_err(|e| anyhow!("{}", io_message(&e)))?.node_id();
@@ -192,7 +215,7 @@ async fn hash(file: &Path, quiet: bool, token: CancellationToken) -> Result<i32>
     }
 }
 
-fn summary(node: &Node, root: Option<Hash>, file_bytes: u64, started: Instant) -> serde_json::Value {
+pub(super) fn summary(node: &Node, root: Option<Hash>, file_bytes: u64, started: Instant) -> serde_json::Value {
     let stats = node.stats();
     json!({
         "root": root.map(|r| r.to_hex()),
@@ -213,12 +236,12 @@ fn summary(node: &Node, root: Option<Hash>, file_bytes: u64, started: Instant) -
 }
 
 /// Where the node listens, for messages.
-fn listening(node: &Node) -> String {
+pub(super) fn listening(node: &Node) -> String {
     node.local_addr().map_or("?".into(), |a| a.to_string())
 }
 
 /// Shows a seeder's status line until `token` is cancelled.
-async fn serve_until_cancelled(node: &Node, what: &str, quiet: bool, token: &CancellationToken) {
+pub(super) async fn serve_until_cancelled(node: &Node, what: &str, quiet: bool, token: &CancellationToken) {
     let mut status = ui::StatusLine::new(ui::interactive(quiet));
     let mut announced = 0;
     loop {
@@ -276,7 +299,9 @@ async fn seed(file: PathBuf, rehash: bool, args: NodeArgs, quiet: bool, token: C
 async fn serve(args: NodeArgs, quiet: bool, token: CancellationToken) -> Result<i32> {
     let started = Instant::now();
     let node = start_node(&args, "[::]:9000", quiet, token.clone()).await?;
-    let (served, problems) = node.serve_data_dir();
+    let (served, mut problems) = node.serve_data_dir();
+    let (folders, folder_problems) = node.serve_folders();
+    problems.extend(folder_problems);
     for p in &problems {
         eprintln!("warning: {p}");
     }
@@ -284,13 +309,22 @@ async fn serve(args: NodeArgs, quiet: bool, token: CancellationToken) -> Result<
         for info in &served {
             eprintln!("serving {} {} ({})", info.root, clean(&info.manifest.name, 60), bytes(info.manifest.size));
         }
-        let files = ui::count(served.len(), "file", "files");
-        eprintln!("serving {files} on {}; Ctrl-C to stop", listening(&node));
+        for f in &folders {
+            let files = ui::count(f.files().count(), "file", "files");
+            let (name, size) = (clean(&f.manifest.name, 60), bytes(f.manifest.total_size));
+            eprintln!("serving {} {name}/ ({files}, {size})", f.root);
+        }
+        let mut what = ui::count(served.len(), "file", "files");
+        if !folders.is_empty() {
+            what += &format!(" and {}", ui::count(folders.len(), "folder", "folders"));
+        }
+        eprintln!("serving {what} on {}; Ctrl-C to stop", listening(&node));
     }
-    // One ticket per file served (on stderr with --json, which keeps stdout for the summary).
+    // One ticket per file and folder served (on stderr with --json, which keeps stdout for the summary).
+    let roots: Vec<Hash> = served.iter().map(|i| i.root).chain(folders.iter().map(|f| f.root)).collect();
     if let Some(listen) = node.local_addr() {
-        for info in &served {
-            let t = ticket_for(info.root, node.id(), listen);
+        for root in &roots {
+            let t = ticket_for(*root, node.id(), listen);
             if args.json {
                 eprintln!("{t}");
             } else {
@@ -304,7 +338,7 @@ async fn serve(args: NodeArgs, quiet: bool, token: CancellationToken) -> Result<
     if args.json {
         let total = served.iter().map(|i| i.manifest.size).sum();
         let mut s = summary(&node, served.first().map(|i| i.root), total, started);
-        s["roots"] = json!(served.iter().map(|i| i.root.to_hex()).collect::<Vec<_>>());
+        s["roots"] = json!(roots.iter().map(|r| r.to_hex()).collect::<Vec<_>>());
         println!("{s}");
     }
     Ok(EXIT_INTERRUPTED)
@@ -374,7 +408,7 @@ async fn fetch(
                     let path = shown_path(&outcome.path);
                     eprintln!("seeding {path} on {}; Ctrl-C to stop", listening(&node));
                 }
-                let name = clean(&outcome.info.manifest.name, 60);
+                let name = clean(&content_name(outcome), 60);
                 serve_until_cancelled(&node, &format!("seeding {name}"), quiet, &token).await;
                 EXIT_INTERRUPTED
             } else {
@@ -403,6 +437,10 @@ async fn fetch(
         if let Ok(o) = &result {
             s["path"] = json!(o.path);
             s["resumed_bytes"] = json!(o.resumed_bytes);
+            if let Content::Folder(f) = &o.content {
+                s["files"] = json!(known.borrow().files_done);
+                s["folder_files"] = json!(f.files().count());
+            }
         }
         s["ok"] = json!(result.is_ok());
         let mut found = serde_json::to_value(known.borrow().discovered).unwrap_or_default();
@@ -418,9 +456,18 @@ async fn fetch(
     Ok(code)
 }
 
+/// The name of what a fetch fetched: a file's, or a folder's with its file count.
+fn content_name(o: &pex::FetchOutcome) -> String {
+    match &o.content {
+        Content::File(f) => f.manifest.name.clone(),
+        Content::Listed(m) => m.name.clone(),
+        Content::Folder(f) => format!("{}/ ({})", f.manifest.name, ui::count(f.files().count(), "file", "files")),
+    }
+}
+
 /// The one line a finished fetch prints on a terminal.
 fn done_line(node: &Node, o: &pex::FetchOutcome, started: Instant) -> String {
-    let name = clean(&o.info.manifest.name, 60);
+    let name = clean(&content_name(o), 60);
     let size = bytes(o.file_bytes);
     if o.already_complete {
         return format!("{name} is already complete ({size}, every piece verified)");

@@ -6,6 +6,7 @@
 
 mod addrs;
 mod commands;
+mod folders;
 mod ui;
 
 use clap::{Args, Parser, Subcommand};
@@ -37,9 +38,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Hash a file, print its root hash and fetch commands, and serve it until Ctrl-C.
+    /// Hash a file or a folder, print its root hash and fetch commands, and serve it until Ctrl-C.
     Seed {
-        /// The file to share.
+        /// The file or directory to share (a directory's symlinks, devices
+        /// and sockets are skipped with a warning).
         file: PathBuf,
         /// Hash the file even if this data directory knows it unchanged.
         #[arg(long)]
@@ -54,9 +56,15 @@ enum Command {
         #[arg(value_parser = parse_target, value_name = "ROOT|TICKET")]
         hash: pex::ticket::Ticket,
         /// Output file, or an existing directory to save into (default: the
-        /// file's name in the current directory). Never overwritten.
+        /// file's name in the current directory). Never overwritten. For a
+        /// folder: the directory to recreate it as (default: the folder's name).
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// For a folder, fetch only the files matching this glob (repeatable):
+        /// without `/` it matches a file's or a directory's name anywhere
+        /// (`*.txt`, `docs`), with `/` the path from the folder (`src/**/*.rs`).
+        #[arg(long, value_name = "GLOB")]
+        only: Vec<String>,
         /// Keep serving the file after the download completes, until Ctrl-C.
         #[arg(long)]
         seed: bool,
@@ -69,10 +77,19 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
-    /// Print a file's root hash and nothing else.
+    /// Print a file's or a folder's root hash and nothing else.
     Hash {
-        /// The file to hash.
+        /// The file or directory to hash.
         file: PathBuf,
+    },
+    /// List what a root names without fetching its data: a file's name, size
+    /// and pieces, or every entry of a folder (size, root, path) and the total.
+    Ls {
+        /// Root hash (64 hex digits), or a ticket.
+        #[arg(value_parser = parse_target, value_name = "ROOT|TICKET")]
+        hash: pex::ticket::Ticket,
+        #[command(flatten)]
+        node: NodeArgs,
     },
     /// Serve everything this data directory has seeded or fetched, and help peers find each other.
     Serve {

@@ -200,6 +200,20 @@ fn connecting(p: &Progress) -> String {
 
 /// What follows the bar while pieces arrive, longest first (see [`fit`]).
 fn pieces_message(p: &Progress, rate: Option<f64>) -> Vec<String> {
+    let mut options = file_message(p, rate);
+    if p.files_total > 0 {
+        // A folder: files done, then the file being fetched, as room allows.
+        let files = format!("{}/{} files", p.files_done, p.files_total);
+        let current = p.current.as_deref().map(|c| clean(c, 40)).unwrap_or_default();
+        let mut more: Vec<String> = options.iter().map(|o| format!("{o}  {files}  {current}")).collect();
+        more.extend(options.iter().map(|o| format!("{o}  {files}")));
+        more.append(&mut options);
+        return more;
+    }
+    options
+}
+
+fn file_message(p: &Progress, rate: Option<f64>) -> Vec<String> {
     let sizes = format!("{}/{}", bytes(p.have_bytes), bytes(p.total_bytes));
     if let Stage::NoPeers { give_up_in } = p.stage {
         let left = duration(give_up_in);

@@ -4,6 +4,7 @@
 //!
 //! Layout: `files/<root>.manifest` and `files/<root>.hashes` (all piece hashes,
 //! the hash lists concatenated), `seeds/<root>.json` for each file served,
+//! `folders/<root>.{pexf,json}` for each folder served (see `folders`),
 //! `identity` (the node's key) and `peers.json` (remembered peers).
 
 use crate::hash::Hash;
@@ -255,7 +256,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     result
 }
 
+mod folders;
 mod remembered;
+pub use folders::{FileStamp, FolderRecord};
 pub use remembered::{
     now_secs as remembered_now, tidy as tidy_remembered, RememberedPeer, FORGET_AFTER, MAX_REMEMBERED,
 };

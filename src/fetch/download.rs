@@ -6,9 +6,9 @@ use super::blobs::Blobs;
 use super::output::Output;
 use super::schedule::PeerState;
 use super::stream::Stream;
-use super::{DownloadEvent, Env, FetchError, FetchOptions, FetchOutcome, Progress, Stage, PERSIST_INTERVAL};
+use super::{Content, DownloadEvent, Env, FetchError, FetchOptions, FetchOutcome, Progress, Stage, PERSIST_INTERVAL};
 use crate::hash::Hash;
-use crate::manifest::{FileInfo, Manifest};
+use crate::manifest::{FileInfo, FolderInfo, FolderManifest, Manifest};
 use crate::peer::{Answer, PeerConn, Route};
 use crate::picker::Picker;
 use crate::store::{FileEntry, PartFile, StoreError};
@@ -33,6 +33,17 @@ pub(super) enum Phase {
     Pieces(Pieces),
     /// The complete file was found already at the output path.
     Complete { info: Arc<FileInfo>, out: Output },
+    /// The root names a folder; its entry blobs are coming.
+    Entries(Entries),
+    /// Nothing more to fetch: a folder's manifests, or a file's manifest when only listing.
+    Done(Content),
+}
+
+/// The entry-blob phase of a folder.
+pub(super) struct Entries {
+    pub blob: Bytes,
+    pub manifest: FolderManifest,
+    pub blobs: Vec<Option<Bytes>>,
 }
 
 /// The hash-list phase.
@@ -81,7 +92,7 @@ impl Phase {
     /// The output, once the manifest was accepted.
     pub fn output(&self) -> Option<&Output> {
         match self {
-            Phase::Manifest => None,
+            Phase::Manifest | Phase::Entries(_) | Phase::Done(_) => None,
             Phase::Lists(l) => Some(&l.out),
             Phase::Pieces(p) => Some(&p.out),
             Phase::Complete { out, .. } => Some(out),
@@ -268,11 +279,42 @@ impl Download {
                 if Hash::of(&data) != hash {
                     return self.misbehaved(conn, None, "sent a manifest that does not match its hash");
                 }
-                let manifest =
-                    Manifest::parse(&data).map_err(|error| FetchError::BadManifest { root: self.root, error })?;
+                let bad = |error| FetchError::BadManifest { root: hash, error };
+                if FolderManifest::is_folder(&data) {
+                    let manifest = FolderManifest::parse(&data).map_err(bad)?;
+                    self.env.store.add_blob(self.root, data.clone());
+                    self.progress.send_modify(|p| {
+                        p.name = Some(manifest.name.clone());
+                        p.total_bytes = manifest.total_size;
+                    });
+                    let blobs = vec![None; manifest.blobs.len()];
+                    self.phase = Phase::Entries(Entries { blob: data, manifest, blobs });
+                    return self.entries_done();
+                }
+                let manifest = Manifest::parse(&data).map_err(bad)?;
+                if self.opts.list_only {
+                    self.phase = Phase::Done(Content::Listed(manifest));
+                    return Ok(());
+                }
                 self.accept_manifest(data, manifest).await
             }
-            Phase::Manifest | Phase::Complete { .. } => Ok(()),
+            Phase::Manifest | Phase::Complete { .. } | Phase::Done(_) => Ok(()),
+            Phase::Entries(e) => {
+                let Some(i) = e.manifest.blobs.iter().position(|h| *h == hash) else { return Ok(()) };
+                if e.blobs[i].is_some() {
+                    return Ok(());
+                }
+                if Hash::of(&data) != hash {
+                    return self.misbehaved(conn, None, "sent an entry blob that does not match its hash");
+                }
+                let want = e.manifest.blob_len(i);
+                if data.len() != want {
+                    let error = crate::manifest::ManifestError::BadList { index: i, len: data.len(), expected: want };
+                    return Err(FetchError::BadManifest { root: self.root, error });
+                }
+                e.blobs[i] = Some(data);
+                self.entries_done()
+            }
             Phase::Lists(l) => {
                 let Some(i) = l.manifest.lists.iter().position(|h| *h == hash) else { return Ok(()) };
                 if l.lists[i].is_some() {
@@ -332,6 +374,19 @@ impl Download {
                 Ok(())
             }
         }
+    }
+
+    /// With every entry blob of a folder in, checks the whole folder and ends.
+    fn entries_done(&mut self) -> Result<(), FetchError> {
+        let Phase::Entries(e) = &self.phase else { return Ok(()) };
+        if e.blobs.iter().any(Option::is_none) {
+            return Ok(());
+        }
+        let blobs: Vec<Bytes> = e.blobs.iter().flatten().cloned().collect();
+        let folder = FolderInfo::from_parts(e.blob.clone(), blobs)
+            .map_err(|error| FetchError::BadManifest { root: self.root, error })?;
+        self.phase = Phase::Done(Content::Folder(Arc::new(folder)));
+        Ok(())
     }
 
     /// After a lie about blob `b`: fails the download if no connected peer may
@@ -436,8 +491,8 @@ impl Download {
             }
             _ if self.peers.is_empty() => Stage::Connecting,
             Phase::Manifest => Stage::Manifest,
-            Phase::Lists(_) => Stage::Lists,
-            Phase::Pieces(_) | Phase::Complete { .. } => Stage::Pieces,
+            Phase::Lists(_) | Phase::Entries(_) => Stage::Lists,
+            Phase::Pieces(_) | Phase::Complete { .. } | Phase::Done(_) => Stage::Pieces,
         };
         let dialing = if peers == 0 {
             self.opts.peers.iter().map(|a| (*a, self.env.swarm.dial_error(a))).collect()

@@ -12,6 +12,7 @@
 
 mod blobs;
 mod download;
+pub mod folder;
 mod output;
 mod schedule;
 mod stream;
@@ -22,7 +23,7 @@ pub use stream::WINDOW as STREAM_WINDOW;
 
 use crate::datadir::DataDir;
 use crate::hash::Hash;
-use crate::manifest::{FileInfo, ManifestError};
+use crate::manifest::{FileInfo, FolderInfo, Manifest, ManifestError};
 use crate::peer::PeerConn;
 use crate::store::{Store, StoreError};
 use crate::timeouts::Timeouts;
@@ -114,6 +115,12 @@ pub struct FetchOptions {
     /// verify, instead of to `output`: nothing is written to disk and memory
     /// stays bounded (pieces are asked for within [`STREAM_WINDOW`] of the write position).
     pub stdout: bool,
+    /// Fetch only the manifests: a file's manifest, or a folder's manifest and
+    /// entries (`pex ls`). Nothing is written.
+    pub list_only: bool,
+    /// For a folder, fetch only the files whose path matches one of these
+    /// patterns (see [`folder::Selection`]); all when empty.
+    pub only: Vec<String>,
 }
 
 impl Default for FetchOptions {
@@ -126,6 +133,8 @@ impl Default for FetchOptions {
             connect_timeout: Duration::from_secs(30),
             give_up_after: Duration::from_secs(60),
             stdout: false,
+            list_only: false,
+            only: Vec::new(),
         }
     }
 }
@@ -179,6 +188,12 @@ pub struct Progress {
     pub part: Option<PathBuf>,
     /// Peers found by each means of discovery so far (set by the node).
     pub discovered: crate::discovery::Discovered,
+    /// A folder: its selected file entries, and how many are in place.
+    pub files_total: usize,
+    /// See [`Progress::files_total`].
+    pub files_done: usize,
+    /// A folder: the path of a file being fetched now.
+    pub current: Option<String>,
 }
 
 /// A finished download.
@@ -194,8 +209,29 @@ pub struct FetchOutcome {
     pub resumed_bytes: u64,
     /// The complete file was already at the output path: nothing was fetched.
     pub already_complete: bool,
-    /// The manifest and piece hashes.
-    pub info: Arc<FileInfo>,
+    /// What the root named, and what of it was fetched.
+    pub content: Content,
+}
+
+/// What a root names, as far as a fetch took it.
+#[derive(Clone, Debug)]
+pub enum Content {
+    /// A file, fetched: its manifest and piece hashes.
+    File(Arc<FileInfo>),
+    /// A file's manifest alone ([`FetchOptions::list_only`]).
+    Listed(Manifest),
+    /// A folder: its manifest and entries (and its files too when `path` is set).
+    Folder(Arc<FolderInfo>),
+}
+
+impl FetchOutcome {
+    /// The file fetched, if the root named a file and it was fetched.
+    pub fn file(&self) -> Option<&Arc<FileInfo>> {
+        match &self.content {
+            Content::File(f) => Some(f),
+            _ => None,
+        }
+    }
 }
 
 /// Why a fetch failed.
@@ -248,6 +284,28 @@ pub enum FetchError {
     /// Streaming to standard output, and the reader closed it (a pipe into `head`).
     #[error("the output was closed")]
     OutputClosed,
+    /// Something on disk is where a folder's entry goes.
+    #[error("{} is in the way: {why}", crate::text::shown_path(.path))]
+    Blocked {
+        /// The path.
+        path: PathBuf,
+        /// What is there.
+        why: &'static str,
+    },
+    /// An `--only` pattern that is not a valid glob.
+    #[error("bad --only pattern {0}")]
+    BadPattern(String),
+    /// A folder's file could not be fetched: its path, and why.
+    #[error("{}: {error}", crate::text::clean(.path, 120))]
+    InFolder {
+        /// The entry's path in the folder.
+        path: String,
+        /// What went wrong.
+        error: Box<FetchError>,
+    },
+    /// `-o -` of a folder.
+    #[error("{0} is a folder; -o - streams one file: fetch the folder with -o DIR, or one of its files by its own root (see pex ls)")]
+    FolderToStdout(Hash),
     /// Another fetch of this root runs in this node.
     #[error("{0} is already being fetched")]
     AlreadyFetching(Hash),

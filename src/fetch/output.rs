@@ -12,7 +12,7 @@
 use super::blobs::Blobs;
 use super::download::{Download, Lists, Phase, Pieces, Sink};
 use super::stream::Stream;
-use super::{blocking, FetchError, FetchOutcome};
+use super::{blocking, Content, FetchError, FetchOutcome};
 use crate::bitfield::{self, Bits};
 use crate::datadir::{PartialRecord, SeedRecord};
 use crate::hash::Hash;
@@ -358,13 +358,30 @@ impl Download {
                             file_bytes,
                             resumed_bytes: 0,
                             already_complete: false,
-                            info,
+                            content: Content::File(info),
                         }));
                     }
                     Sink::Stream(_) => return Ok(None),
                 }
             }
             Phase::Complete { info, out } => (info.clone(), None, out.path.clone()),
+            Phase::Done(content) => {
+                let file_bytes = match content {
+                    Content::Listed(m) => m.size,
+                    Content::Folder(f) => f.manifest.total_size,
+                    Content::File(f) => f.manifest.size,
+                };
+                let content = content.clone();
+                self.publish();
+                return Ok(Some(FetchOutcome {
+                    root: self.root,
+                    path: PathBuf::new(),
+                    file_bytes,
+                    resumed_bytes: 0,
+                    already_complete: false,
+                    content,
+                }));
+            }
             _ => return Ok(None),
         };
         let already_complete = part.is_none();
@@ -395,7 +412,7 @@ impl Download {
             file_bytes: size,
             resumed_bytes: self.resumed_bytes,
             already_complete,
-            info,
+            content: Content::File(info),
         };
         self.publish();
         Ok(Some(outcome))
@@ -488,7 +505,7 @@ fn verify_existing(path: &Path, info: &FileInfo, progress: &(dyn Fn(u64) + Sync)
 }
 
 /// Moves a complete `.part` to its final name, never replacing an existing file.
-fn publish_file(part: &Path, path: &Path) -> Result<(), FetchError> {
+pub(super) fn publish_file(part: &Path, path: &Path) -> Result<(), FetchError> {
     match std::fs::hard_link(part, path) {
         Ok(()) => {
             let _ = std::fs::remove_file(part);

@@ -109,7 +109,18 @@ impl Download {
     pub(super) fn schedule(&mut self) {
         let now = Instant::now();
         match &mut self.phase {
-            Phase::Complete { .. } => {}
+            Phase::Complete { .. } | Phase::Done(_) => {}
+            Phase::Entries(e) => {
+                for (i, h) in e.manifest.blobs.iter().enumerate() {
+                    if e.blobs[i].is_some() || self.peers.values().any(|p| p.asked.contains(h)) {
+                        continue;
+                    }
+                    let best = self.peers.values_mut().filter(|p| !p.lacks_root).min_by_key(|p| p.asked.len());
+                    if let Some(p) = best {
+                        p.ask(*h, &self.route, now);
+                    }
+                }
+            }
             Phase::Manifest => {
                 for p in self.peers.values_mut() {
                     // A peer that lacked the root may be fetching it itself: ask again now and then.
@@ -263,7 +274,11 @@ impl Download {
             return;
         }
         let pc = match &mut self.phase {
-            Phase::Complete { .. } | Phase::Manifest => return,
+            Phase::Complete { .. } | Phase::Manifest | Phase::Done(_) => return,
+            Phase::Entries(e) => {
+                p.lacks_root |= e.manifest.blobs.contains(&hash);
+                return;
+            }
             Phase::Lists(l) => {
                 p.lacks_root |= l.manifest.lists.contains(&hash);
                 return;

@@ -200,8 +200,10 @@ impl FolderInfo {
         let mut stream = BytesMut::new();
         entries.iter().for_each(|e| e.encode_into(&mut stream));
         let stream = stream.freeze();
-        let blobs: Vec<Bytes> =
-            (0..stream.len()).step_by(PIECE_SIZE as usize).map(|s| stream.slice(s..stream.len().min(s + PIECE_SIZE as usize))).collect();
+        let blobs: Vec<Bytes> = (0..stream.len())
+            .step_by(PIECE_SIZE as usize)
+            .map(|s| stream.slice(s..stream.len().min(s + PIECE_SIZE as usize)))
+            .collect();
         let manifest = FolderManifest {
             name: name.to_owned(),
             entries: entries.len() as u64,
@@ -268,7 +270,8 @@ fn parse_entries(mut s: &[u8], m: &FolderManifest) -> Result<Vec<Entry>, Manifes
                 Ordering::Less => {}
             }
             // In canonical order anything below `prev` comes right after it.
-            if path.len() > prev.path.len() && path.starts_with(&prev.path) && path.as_bytes()[prev.path.len()] == b'/' {
+            if path.len() > prev.path.len() && path.starts_with(&prev.path) && path.as_bytes()[prev.path.len()] == b'/'
+            {
                 let what = if prev.is_file() { "a file" } else { "an empty directory" };
                 return bad(format!("\"{shown}\" is below {what}"));
             }

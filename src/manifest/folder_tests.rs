@@ -46,7 +46,10 @@ fn the_documented_example_is_what_pex_builds() {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md")).unwrap();
     assert!(doc.contains(&info.root.to_hex()) && doc.contains(&info.manifest.blobs[0].to_hex()));
     let parsed = FolderInfo::from_parts(info.manifest_blob.clone(), info.blobs.clone()).unwrap();
-    assert_eq!(parsed.entries.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["empty", "hello.txt", "sub/hello.txt"]);
+    assert_eq!(
+        parsed.entries.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+        ["empty", "hello.txt", "sub/hello.txt"]
+    );
     assert_eq!(parsed.manifest.total_size, 26);
     // The file inside has the root it has alone.
     assert_eq!(FileInfo::new("hello.txt", 13, vec![Hash::of(b"hello, swarm\n")]).root, hello);
@@ -91,8 +94,11 @@ fn hostile_entries_are_refused() {
         ("below a file", vec![file("a", 1, h), file("a/b", 1, h)]),
         ("below an empty directory", vec![dir("a"), file("a/b", 1, h)]),
         ("out of order", vec![file("b", 1, h), file("a", 1, h)]),
-        ("directory with a size", vec![Entry { kind: EntryKind::Directory, size: 5, root: Hash::default(), path: "d".into() }]),
-        ("long path", vec![file(&"a/".repeat(2049).trim_end_matches('/').to_string(), 1, h)]),
+        (
+            "directory with a size",
+            vec![Entry { kind: EntryKind::Directory, size: 5, root: Hash::default(), path: "d".into() }],
+        ),
+        ("long path", vec![file("a/".repeat(2049).trim_end_matches('/'), 1, h)]),
     ];
     for (why, entries) in cases {
         assert!(hostile(&entries).is_err(), "{why}: accepted");
@@ -102,11 +108,23 @@ fn hostile_entries_are_refused() {
     // Unknown kind, and counts that disagree.
     let mut stream = raw(&[file("a", 1, h)]).to_vec();
     stream[0] = 3;
-    let m = FolderManifest { name: "x".into(), entries: 1, total_size: 1, entry_bytes: stream.len() as u64, blobs: vec![Hash::of(&stream)] };
+    let m = FolderManifest {
+        name: "x".into(),
+        entries: 1,
+        total_size: 1,
+        entry_bytes: stream.len() as u64,
+        blobs: vec![Hash::of(&stream)],
+    };
     assert!(FolderInfo::from_parts(m.encode(), vec![stream.into()]).is_err());
     let stream = raw(&[file("a", 1, h)]);
     for (entries, total) in [(2, 1), (1, 2)] {
-        let m = FolderManifest { name: "x".into(), entries, total_size: total, entry_bytes: stream.len() as u64, blobs: vec![Hash::of(&stream)] };
+        let m = FolderManifest {
+            name: "x".into(),
+            entries,
+            total_size: total,
+            entry_bytes: stream.len() as u64,
+            blobs: vec![Hash::of(&stream)],
+        };
         assert!(FolderInfo::from_parts(m.encode(), vec![stream.clone()]).is_err(), "{entries} {total}");
     }
 }
@@ -124,11 +142,14 @@ fn hostile_manifests_are_refused_before_any_entry_is_fetched() {
     assert!(m(&|m| m.entries = MAX_ENTRIES + 1).is_err());
     assert!(m(&|m| m.entry_bytes = 1).is_err(), "too few bytes for 3 entries");
     assert!(m(&|m| m.entry_bytes = PIECE_SIZE + 1).is_err(), "two blobs needed, one listed");
-    assert!(m(&|m| {
-        m.entries = 1;
-        m.entry_bytes = 10_000;
-    })
-    .is_err(), "more bytes than one entry can take");
+    assert!(
+        m(&|m| {
+            m.entries = 1;
+            m.entry_bytes = 10_000;
+        })
+        .is_err(),
+        "more bytes than one entry can take"
+    );
     let blob = fixture("demo.folder");
     for cut in 0..blob.len() {
         assert!(FolderManifest::parse(&blob[..cut]).is_err(), "cut at {cut}");

@@ -8,11 +8,14 @@
 mod conn;
 mod discover;
 mod exchange;
+mod folder;
 mod memory;
 mod registry;
 
 use crate::datadir::{DataDir, SeedRecord};
-use crate::fetch::{self, FetchError, FetchOptions, FetchOutcome, Progress};
+pub use folder::{SeededFolder, FILES_AT_ONCE};
+
+use crate::fetch::{self, Content, FetchError, FetchOptions, FetchOutcome, Progress};
 use crate::hash::{Hash, NodeId};
 use crate::identity::Identity;
 use crate::manifest::{hash_pieces, FileInfo};
@@ -400,12 +403,39 @@ impl Node {
         (served, problems)
     }
 
-    /// Fetches `root` into a verified file, publishing progress on `progress`.
+    /// Fetches `root` into a verified file, or, for a folder, a verified tree
+    /// (see [`FetchOptions::only`]); with [`FetchOptions::list_only`], only its
+    /// manifests. Publishes progress on `progress`.
     pub async fn fetch(
         &self,
         root: Hash,
         opts: FetchOptions,
         progress: watch::Sender<Progress>,
+    ) -> Result<FetchOutcome, FetchError> {
+        let outcome = self.fetch_root(root, opts.clone(), progress.clone(), false).await?;
+        match outcome.content {
+            Content::Folder(folder) if !opts.list_only => self.fetch_folder(folder, opts, progress).await,
+            _ => Ok(outcome),
+        }
+    }
+
+    /// Fetches one file of a folder: from the peers already connected, with no
+    /// discovery and no records of its own (the folder is recorded as a whole).
+    async fn fetch_member(
+        &self,
+        root: Hash,
+        opts: FetchOptions,
+        progress: watch::Sender<Progress>,
+    ) -> Result<FetchOutcome, FetchError> {
+        self.fetch_root(root, opts, progress, true).await
+    }
+
+    async fn fetch_root(
+        &self,
+        root: Hash,
+        opts: FetchOptions,
+        progress: watch::Sender<Progress>,
+        member: bool,
     ) -> Result<FetchOutcome, FetchError> {
         let (tx, rx) = mpsc::unbounded_channel();
         if !self.shared.routes.add(root, tx.clone()) {
@@ -424,9 +454,9 @@ impl Node {
         }
         let mut opts = opts;
         // Given no address (no --peer, no ticket), the fetch stands on discovery alone.
-        let discovering = opts.peers.is_empty() && opts.expect.is_empty();
+        let discovering = opts.peers.is_empty() && opts.expect.is_empty() && !member;
         let remembered = opts.remembered.iter().map(|(a, _)| *a).collect();
-        let finder = discover::Finder::start(&self.shared, root, remembered, &progress);
+        let finder = (!member).then(|| discover::Finder::start(&self.shared, root, remembered, &progress));
         for (addr, id) in &opts.expect {
             self.add_peer_expecting(*addr, *id);
         }
@@ -445,7 +475,7 @@ impl Node {
         let env = fetch::Env {
             swarm: self.shared.clone(),
             store: self.shared.store.clone(),
-            data_dir: self.shared.data_dir.clone(),
+            data_dir: self.shared.data_dir.clone().filter(|_| !member),
             timeouts: self.shared.config.timeouts.clone(),
             shutdown: self.shared.shutdown.clone(),
         };
@@ -454,11 +484,13 @@ impl Node {
         loop {
             tokio::select! {
                 result = &mut download => return match result {
-                    Err(FetchError::Unreachable(_)) if discovering => Err(FetchError::NothingFound(finder.summary())),
+                    Err(FetchError::Unreachable(_)) if discovering => {
+                        Err(FetchError::NothingFound(finder.as_ref().map(|f| f.summary()).unwrap_or_default()))
+                    }
                     other => other,
                 },
                 _ = tokio::time::sleep(std::time::Duration::from_millis(200)), if discovering => {
-                    if let Some(report) = finder.exhausted() {
+                    if let Some(report) = finder.as_ref().and_then(|f| f.exhausted()) {
                         return Err(FetchError::NothingFound(report));
                     }
                 }

@@ -283,7 +283,7 @@ fn same_refusal(e: &ManifestError, r: SpecRefusal) -> bool {
         ManifestError::BadName(_) => r == Name,
         ManifestError::Inconsistent { .. } => r == ListCount,
         ManifestError::Trailing(_) => r == MoreListBytes,
-        ManifestError::BadList { .. } => false,
+        ManifestError::BadList { .. } | ManifestError::BadFolder(_) => false,
     }
 }
 
