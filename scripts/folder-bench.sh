@@ -139,6 +139,7 @@ run_pex() {
   bg "$seeder"
   if ! wait_for_line "$d/seed.out" '--peer [^ ]+$' "$seeder"; then
     kill "$seeder" 2>/dev/null || true
+    wait "$seeder" 2>/dev/null || true
     record "$f" pex - - 0 "seed never printed its --peer line: $(tail -c 300 "$d/seed.err" | tr '\n' ' ')"
     return
   fi
@@ -147,6 +148,7 @@ run_pex() {
   peer=$(grep -m1 -oE -e '--peer [^ ]+$' "$d/seed.out" | cut -d' ' -f2)
   if ! [[ $root =~ ^[0-9a-f]{64}$ ]]; then
     kill "$seeder" 2>/dev/null || true
+    wait "$seeder" 2>/dev/null || true
     record "$f" pex - - 0 "seed's first line is not a root hash: $root"
     return
   fi
@@ -164,6 +166,7 @@ run_pex() {
     fi
   else
     kill "$seeder" 2>/dev/null || true
+    wait "$seeder" 2>/dev/null || true
     record "$f" pex - - 0 "fetch failed: $(tail -c 300 "$d/fetch.err" | tr '\n' ' ')"
   fi
 }
@@ -251,6 +254,7 @@ for r in $(seq "$RUNS"); do
       mkdir -p "$d"
       "run_$t" "$f" "$d"
       rm -rf "$d" # nothing carries over to the next round, and the disk stays small
+      : >"$work/pids" # all of them reaped by now: don't kill a recycled pid at exit
     done
   done
 done

@@ -2,6 +2,7 @@
 
 mod common;
 mod discovery;
+mod folders;
 mod hostile;
 mod identity;
 mod independent;

@@ -121,6 +121,9 @@ pub struct FetchOptions {
     /// For a folder, fetch only the files whose path matches one of these
     /// patterns (see [`folder::Selection`]); all when empty.
     pub only: Vec<String>,
+    /// A file of a folder fetch: a `.part` at its path is this folder's own
+    /// from an earlier run, kept and re-checked even if no piece in it verifies.
+    pub folder_member: bool,
 }
 
 impl Default for FetchOptions {
@@ -135,6 +138,7 @@ impl Default for FetchOptions {
             stdout: false,
             list_only: false,
             only: Vec::new(),
+            folder_member: false,
         }
     }
 }

@@ -261,7 +261,7 @@ impl Download {
             return Err(FetchError::OutputExists(l.out.path));
         };
         if l.out.adopted {
-            if held.not_any() && !info.pieces.is_empty() {
+            if held.not_any() && !info.pieces.is_empty() && !self.opts.folder_member {
                 return Err(FetchError::ForeignPart(l.out.part_abs));
             }
             if let Some(dd) = self.env.data_dir.clone() {

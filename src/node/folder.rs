@@ -228,6 +228,7 @@ impl FolderRun {
                     expect: Vec::new(),
                     remembered: Vec::new(),
                     only: Vec::new(),
+                    folder_member: true,
                     ..self.opts.clone()
                 };
                 let (node, root, path, size) = (self.node.clone(), file.root, file.entries[0].path.clone(), file.size);
