@@ -200,17 +200,19 @@ run_tar() {
 sendme_inner() {
   set -uo pipefail
   local sendme=$1 src=$2 d=$3 wait_secs=$4 pids=$5 t0 t1 t2 t3 sender ticket rc deadline
+  # no relays; sockets on loopback only (the namespace has nothing else anyway)
+  local flags=(--relay disabled --magic-ipv4-addr 127.0.0.1:0 --magic-ipv6-addr '[::1]:0' --no-progress)
   now() { local t=$EPOCHREALTIME; echo "${t/./}"; }
   ip link set lo up || { echo "ip link set lo up failed" >"$d/why"; echo "- - 1" >"$d/result"; return; }
   mkdir -p "$d/send" "$d/out"
   cd "$d/send" # sendme keeps its store in .sendme-send-* in the working directory
   : >"$d/send.out"
   t0=$(now)
-  "$sendme" send --relay disabled --ticket-type addresses --no-progress "$src" \
+  "$sendme" send "${flags[@]}" --ticket-type addresses "$src" \
     >"$d/send.out" 2>"$d/send.err" </dev/null &
   sender=$!
   echo "$sender" >>"$pids"
-  trap 'kill $sender 2>/dev/null; wait $sender 2>/dev/null' EXIT
+  trap "kill $sender 2>/dev/null; wait $sender 2>/dev/null" EXIT # $sender is local: expand it now
   deadline=$(($(now) + wait_secs * 1000000))
   until grep -qE '^sendme receive [^ ]+$' "$d/send.out"; do
     if ! kill -0 "$sender" 2>/dev/null || [ "$(now)" -ge "$deadline" ]; then
@@ -224,7 +226,7 @@ sendme_inner() {
   ticket=$(grep -m1 -E '^sendme receive ' "$d/send.out" | cut -d' ' -f3)
   cd "$d/out" # receive writes the folder into the working directory
   t2=$(now)
-  timeout "$wait_secs" "$sendme" receive --relay disabled --no-progress "$ticket" \
+  timeout "$wait_secs" "$sendme" receive "${flags[@]}" "$ticket" \
     >"$d/recv.out" 2>"$d/recv.err" </dev/null
   rc=$?
   t3=$(now)
@@ -252,6 +254,7 @@ for r in $(seq "$RUNS"); do
     for t in $TOOLS; do
       d=$work/run/$r-$f-$t
       mkdir -p "$d"
+      sync # start on a clean page cache: no writeback of the last round's gigabyte during this one
       "run_$t" "$f" "$d"
       rm -rf "$d" # nothing carries over to the next round, and the disk stays small
       : >"$work/pids" # all of them reaped by now: don't kill a recycled pid at exit

@@ -114,7 +114,7 @@ fn usage_errors_exit_2_and_every_error_is_one_line_without_errno() {
     let e = fails(&["seed", file.to_str().unwrap(), "--listen", &port, "--data-dir", dd]);
     assert!(e.contains("cannot listen") && !e.contains("os error"), "{e}");
     assert_eq!(e.matches("in use").count(), 1, "{e}");
-    let e = fails(&["seed", dir.path().to_str().unwrap(), "--listen", "[::1]:0", "--data-dir", dd]);
+    let e = fails(&["seed", "/dev/null", "--listen", "[::1]:0", "--data-dir", dd]);
     assert_eq!(e.matches("not a regular file").count(), 1, "{e}");
     // Rates of 0 mean unlimited.
     let help = run(crate::pex().args(["seed", "--help"]));
