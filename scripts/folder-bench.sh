@@ -13,6 +13,8 @@
 # off and a ticket of direct addresses only. Fresh data dirs every round.
 #   scripts/folder-bench.sh   env: RUNS=3 FILES=10000 DIRS=100 SIZE_MIB=256
 #     PEX=target/release/pex SENDME=sendme TOOLS="pex tar sendme" FOLDERS="small large"
+#     TMPDIR=/tmp (where the folders go; /dev/shm takes the disk's noise out: on
+#     this VM's ext4, writing 10,000 small files alone varied from 0.4 to 7 s)
 set -euo pipefail
 RUNS=${RUNS:-3}
 FILES=${FILES:-10000}
@@ -53,7 +55,7 @@ if has "$TOOLS" sendme; then
 fi
 [ -n "${TOOLS// /}" ] || die "no tool left to run"
 
-work=$(mktemp -d /tmp/folder-bench.XXXXXX)
+work=$(mktemp -d "${TMPDIR:-/tmp}/folder-bench.XXXXXX")
 : >"$work/pids" # every background process, for cleanup
 cleanup() {
   local pid
