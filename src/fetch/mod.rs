@@ -316,7 +316,7 @@ pub enum FetchError {
 }
 
 /// Runs blocking work (hashing, fsync, record writes) off the async threads.
-async fn blocking<T: Send + 'static>(
+pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, FetchError> + Send + 'static,
 ) -> Result<T, FetchError> {
     tokio::task::spawn_blocking(f)

@@ -8,7 +8,7 @@ use crate::hash::Hash;
 use crate::manifest::PIECE_SIZE;
 use crate::peer::{PeerConn, Route};
 use bitvec::prelude::*;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,6 +104,24 @@ impl PeerState {
     }
 }
 
+/// Asks each of the `missing` blobs (hash lists, entry blobs) not yet asked
+/// of anyone of one peer: the one not lacking the root with fewest ASKs outstanding.
+fn ask_each<'a>(
+    peers: &mut HashMap<u64, PeerState>,
+    missing: impl Iterator<Item = &'a Hash>,
+    route: &Route,
+    now: Instant,
+) {
+    for h in missing {
+        if peers.values().any(|p| p.asked.contains(h)) {
+            continue;
+        }
+        if let Some(p) = peers.values_mut().filter(|p| !p.lacks_root).min_by_key(|p| p.asked.len()) {
+            p.ask(*h, route, now);
+        }
+    }
+}
+
 impl Download {
     /// Hands out ASKs: the manifest to everyone, lists one peer each, pieces by the picker.
     pub(super) fn schedule(&mut self) {
@@ -111,15 +129,8 @@ impl Download {
         match &mut self.phase {
             Phase::Complete { .. } | Phase::Done(_) => {}
             Phase::Entries(e) => {
-                for (i, h) in e.manifest.blobs.iter().enumerate() {
-                    if e.blobs[i].is_some() || self.peers.values().any(|p| p.asked.contains(h)) {
-                        continue;
-                    }
-                    let best = self.peers.values_mut().filter(|p| !p.lacks_root).min_by_key(|p| p.asked.len());
-                    if let Some(p) = best {
-                        p.ask(*h, &self.route, now);
-                    }
-                }
+                let missing = e.manifest.blobs.iter().zip(&e.blobs).filter(|(_, b)| b.is_none()).map(|(h, _)| h);
+                ask_each(&mut self.peers, missing, &self.route, now);
             }
             Phase::Manifest => {
                 for p in self.peers.values_mut() {
@@ -133,15 +144,8 @@ impl Download {
                 }
             }
             Phase::Lists(l) => {
-                for (i, h) in l.manifest.lists.iter().enumerate() {
-                    if l.lists[i].is_some() || self.peers.values().any(|p| p.asked.contains(h)) {
-                        continue;
-                    }
-                    let best = self.peers.values_mut().filter(|p| !p.lacks_root).min_by_key(|p| p.asked.len());
-                    if let Some(p) = best {
-                        p.ask(*h, &self.route, now);
-                    }
-                }
+                let missing = l.manifest.lists.iter().zip(&l.lists).filter(|(_, b)| b.is_none()).map(|(h, _)| h);
+                ask_each(&mut self.peers, missing, &self.route, now);
             }
             Phase::Pieces(pc) => {
                 let mut inflight: usize =

@@ -5,7 +5,7 @@
 
 use super::{Node, NodeError};
 use crate::fetch::folder::{plan, PlannedFile, Selection};
-use crate::fetch::{Content, FetchError, FetchOptions, FetchOutcome, Progress};
+use crate::fetch::{blocking, Content, FetchError, FetchOptions, FetchOutcome, Progress};
 use crate::manifest::{EntryKind, FolderInfo};
 use crate::store::StoreError;
 use crate::tree::{read_tree, Tree, TreeFile};
@@ -328,13 +328,4 @@ impl FolderRun {
             p.stage = stage.unwrap_or(crate::fetch::Stage::Pieces);
         });
     }
-}
-
-/// Runs blocking work (planning, copying, records) off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, FetchError> + Send + 'static,
-) -> Result<T, FetchError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| FetchError::Store(StoreError::Io { path: PathBuf::new(), source: io::Error::other(e) }))?
 }
