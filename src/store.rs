@@ -351,12 +351,7 @@ impl Store {
             held: Mutex::new(bitvec![u8, Msb0; 1; pieces]),
             stale: AtomicBool::new(false),
         });
-        let mut inner = self.write();
-        inner.register_meta(&entry);
-        for (i, h) in entry.info.pieces.iter().enumerate() {
-            inner.blobs.entry(*h).or_default().push(BlobSource::Piece(entry.clone(), i));
-        }
-        inner.files.insert(entry.info.root, entry.clone());
+        self.write().insert_whole(&entry);
         Ok(entry)
     }
 
@@ -375,26 +370,16 @@ impl Store {
         });
         let mut inner = self.write();
         inner.drop_file(&entry.info.root);
-        inner.register_meta(&entry);
-        for (i, h) in entry.info.pieces.iter().enumerate() {
-            inner.blobs.entry(*h).or_default().push(BlobSource::Piece(entry.clone(), i));
-        }
-        inner.files.insert(entry.info.root, entry.clone());
+        inner.insert_whole(&entry);
         entry
     }
 
     /// Serves a folder's manifest and entry blobs (its files are added one by one).
     pub fn add_folder(&self, info: Arc<FolderInfo>) {
         let mut inner = self.write();
-        let mut add = |h: Hash, b: &Bytes| {
-            let v = inner.blobs.entry(h).or_default();
-            if !v.iter().any(|s| matches!(s, BlobSource::Memory(_))) {
-                v.push(BlobSource::Memory(b.clone()));
-            }
-        };
-        add(info.root, &info.manifest_blob);
+        inner.add_memory(info.root, &info.manifest_blob);
         for (h, b) in info.manifest.blobs.iter().zip(&info.blobs) {
-            add(*h, b);
+            inner.add_memory(*h, b);
         }
         inner.folders.insert(info.root, info);
     }
@@ -440,11 +425,7 @@ impl Store {
 
     /// Adds a small blob kept in memory (a fetched manifest or hash list).
     pub fn add_blob(&self, hash: Hash, data: Bytes) {
-        let mut inner = self.write();
-        let sources = inner.blobs.entry(hash).or_default();
-        if !sources.iter().any(|s| matches!(s, BlobSource::Memory(_))) {
-            sources.push(BlobSource::Memory(data));
-        }
+        self.write().add_memory(hash, &data);
     }
 
     /// Stops serving a blob added with [`Store::add_blob`] (a streamed piece once written).
@@ -511,16 +492,27 @@ impl StoreInner {
 
     fn register_meta(&mut self, entry: &Arc<FileEntry>) {
         let info = &entry.info;
-        let mut add = |h: Hash, b: &Bytes| {
-            let v = self.blobs.entry(h).or_default();
-            if !v.iter().any(|s| matches!(s, BlobSource::Memory(_))) {
-                v.push(BlobSource::Memory(b.clone()));
-            }
-        };
-        add(info.root, &info.manifest_blob);
+        self.add_memory(info.root, &info.manifest_blob);
         for (h, b) in info.manifest.lists.iter().zip(&info.lists) {
-            add(*h, b);
+            self.add_memory(*h, b);
         }
+    }
+
+    /// Serves `data` from memory under `hash`, once however often it is added.
+    fn add_memory(&mut self, hash: Hash, data: &Bytes) {
+        let sources = self.blobs.entry(hash).or_default();
+        if !sources.iter().any(|s| matches!(s, BlobSource::Memory(_))) {
+            sources.push(BlobSource::Memory(data.clone()));
+        }
+    }
+
+    /// Serves a file whose every piece is held: its manifest, lists and pieces.
+    fn insert_whole(&mut self, entry: &Arc<FileEntry>) {
+        self.register_meta(entry);
+        for (i, h) in entry.info.pieces.iter().enumerate() {
+            self.blobs.entry(*h).or_default().push(BlobSource::Piece(entry.clone(), i));
+        }
+        self.files.insert(entry.info.root, entry.clone());
     }
 }
 

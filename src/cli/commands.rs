@@ -139,6 +139,23 @@ pub(super) async fn start_node(
     Ok(node)
 }
 
+/// What `seed` prints first: the root, a fetch command per reachable address,
+/// and a ticket (on stderr with --json, which keeps stdout for the summary).
+pub(super) fn print_how_to_fetch(node: &Node, root: Hash, json: bool) {
+    let mut out = vec![root.to_string()];
+    if let Some(listen) = node.local_addr() {
+        let id = node.id();
+        out.extend(addrs::reachable(listen).iter().map(|a| format!("pex fetch {root} --peer {id}@{a}")));
+        // Last, the whole of it in one string: `pex fetch TICKET` needs nothing else.
+        out.push(ticket_for(root, id, listen).to_string());
+    }
+    if json {
+        eprintln!("{}", out.join("\n"));
+    } else {
+        println!("{}", out.join("\n"));
+    }
+}
+
 /// A ticket for `root` at this node's routable addresses for `listen`.
 pub(super) fn ticket_for(root: Hash, id: pex::NodeId, listen: SocketAddr) -> pex::ticket::Ticket {
     let peers = addrs::reachable(listen).into_iter().take(pex::ticket::MAX_PEERS).map(|a| (id, a)).collect();
@@ -266,18 +283,7 @@ async fn seed(file: PathBuf, rehash: bool, args: NodeArgs, quiet: bool, token: C
         return Ok(EXIT_INTERRUPTED);
     };
     let info = &seeded.info;
-    let mut out = vec![info.root.to_string()];
-    if let Some(listen) = node.local_addr() {
-        let id = node.id();
-        out.extend(addrs::reachable(listen).iter().map(|a| format!("pex fetch {} --peer {id}@{a}", info.root)));
-        // Last, the whole of it in one string: `pex fetch TICKET` needs nothing else.
-        out.push(ticket_for(info.root, id, listen).to_string());
-    }
-    if args.json {
-        eprintln!("{}", out.join("\n"));
-    } else {
-        println!("{}", out.join("\n"));
-    }
+    print_how_to_fetch(&node, info.root, args.json);
     let name = clean(&info.manifest.name, 60);
     if !quiet {
         let known = if seeded.hashed { "" } else { " (known file, not re-hashed)" };

@@ -1,8 +1,8 @@
 //! The command line's folder side: `pex seed DIR` and `pex hash DIR`, and
 //! `pex ls`, which fetches a root's manifests alone and lists what it names.
 
-use super::commands::{listening, serve_until_cancelled, start_node, summary, ticket_for};
-use super::{addrs, ui, NodeArgs, EXIT_INTERRUPTED};
+use super::commands::{listening, print_how_to_fetch, serve_until_cancelled, start_node, summary, ticket_for};
+use super::{ui, NodeArgs, EXIT_INTERRUPTED};
 use anyhow::Result;
 use pex::fetch::Content;
 use pex::manifest::{EntryKind, FolderInfo, Manifest};
@@ -76,17 +76,7 @@ pub async fn seed_dir(dir: &Path, rehash: bool, args: NodeArgs, quiet: bool, tok
         return Ok(EXIT_INTERRUPTED);
     };
     let info = &seeded.info;
-    let mut out = vec![info.root.to_string()];
-    if let Some(listen) = node.local_addr() {
-        let id = node.id();
-        out.extend(addrs::reachable(listen).iter().map(|a| format!("pex fetch {} --peer {id}@{a}", info.root)));
-        out.push(ticket_for(info.root, id, listen).to_string());
-    }
-    if args.json {
-        eprintln!("{}", out.join("\n"));
-    } else {
-        println!("{}", out.join("\n"));
-    }
+    print_how_to_fetch(&node, info.root, args.json);
     let name = clean(&info.manifest.name, 60);
     if !quiet {
         let known =

@@ -110,17 +110,20 @@ fn a_tree_is_seeded_and_fetched_as_separate_processes_and_diff_finds_nothing() {
     // The fetch, with its --json summary.
     let out = dir.path().join("out");
     let f = dir.path().join("f");
-    let o = run(crate::pex().args([
-        "fetch",
-        &seeder.root,
-        "--peer",
-        &seeder.peer,
-        "-o",
-        s(&out),
-        "--json",
-        "--data-dir",
-        s(&f),
-    ]));
+    let fetch = || {
+        run(crate::pex().args([
+            "fetch",
+            &seeder.root,
+            "--peer",
+            &seeder.peer,
+            "-o",
+            s(&out),
+            "--json",
+            "--data-dir",
+            s(&f),
+        ]))
+    };
+    let o = fetch();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v = json(&o);
     assert_eq!((v["ok"].clone(), v["files"].clone()), (true.into(), 7.into()));
@@ -134,17 +137,7 @@ fn a_tree_is_seeded_and_fetched_as_separate_processes_and_diff_finds_nothing() {
     let find = run(std::process::Command::new("find").args([s(&out), "-name", "*.part"]));
     assert!(find.stdout.is_empty(), "{}", String::from_utf8_lossy(&find.stdout));
     // Again: everything is already there.
-    let o = run(crate::pex().args([
-        "fetch",
-        &seeder.root,
-        "--peer",
-        &seeder.peer,
-        "-o",
-        s(&out),
-        "--json",
-        "--data-dir",
-        s(&f),
-    ]));
+    let o = fetch();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(json(&o)["downloaded_bytes"].as_u64().unwrap() < 10_000);
     let root = seeder.root.clone();
