@@ -16,7 +16,7 @@
 //! - [`discovery`]: finding holders by the lookup key, on the local network
 //!   (multicast) and the Mainline DHT;
 //! - storage: [`mapping`] (the only code that touches mapped memory),
-//!   [`store`] (served files and `.part` files), [`datadir`] (records);
+//!   [`direct`] (whole pieces written past the page cache), [`store`] (served files and `.part` files), [`datadir`] (records);
 //! - [`connection`]: framed I/O over a socket;
 //! - [`peer`]: one connection, talking to its owner through a trait;
 //! - [`fetch`]: the download engine, talking to the swarm through a trait;
@@ -29,6 +29,7 @@
 pub mod bitfield;
 pub mod connection;
 pub mod datadir;
+pub mod direct;
 pub mod discovery;
 pub mod fetch;
 pub mod hash;
@@ -80,6 +81,7 @@ mod layering {
         "ticket",
         "discovery",
         "mapping",
+        "direct",
         "datadir",
         "store",
         "connection",
