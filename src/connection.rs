@@ -21,6 +21,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// enough to keep a fast link full while the other side hashes.
 pub const SOCKET_BUFFER: u32 = 4 << 20;
 
+/// Unsent bytes a socket may hold before the writer waits (`TCP_NOTSENT_LOWAT`):
+/// the writer picks the next ASK to answer only when the socket is nearly
+/// drained, so the pick is late (see `peer::uploads`) and a control frame
+/// never waits behind megabytes already queued in the kernel.
+pub const UNSENT_MARK: u32 = 128 * 1024;
+
 /// How much the read buffer grows by at a time while a large frame arrives,
 /// so a peer that announces 1 MiB and stalls costs little memory.
 const READ_CHUNK: usize = 256 * 1024;

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// ASKs per peer before its rate is known.
-const START_DEPTH: usize = 4;
+/// ASKs per peer at least once its bitfield is known (all it gets before its rate is): a seed answers the
+/// piece sent least lately among those queued, so it needs a few to choose from.
+pub(super) const MIN_DEPTH: usize = 6;
 /// ASKs per peer at most.
 const MAX_DEPTH: usize = 32;
 /// Each peer gets enough ASKs to cover this much transfer at its measured rate.
@@ -32,6 +33,8 @@ pub(super) struct PeerState {
     pub conn: Arc<PeerConn>,
     /// Blobs the peer holds; `None` until it tells us (then it may have anything).
     pub has: Option<BitVec>,
+    /// How many of them: a peer that holds every blob is a seed.
+    held: usize,
     /// Our outstanding ASKs to it.
     pub asked: HashSet<Hash>,
     /// Last answer (or when the first ASK went out): time-outs count from here.
@@ -55,6 +58,7 @@ impl PeerState {
         PeerState {
             conn,
             has: None,
+            held: 0,
             asked: HashSet::new(),
             last_answer: now,
             strikes: 0,
@@ -68,15 +72,20 @@ impl PeerState {
     }
 
     /// How many ASKs it may have outstanding: 1 while its bitfield is unknown,
-    /// then enough to cover [`QUEUE_TIME`] at its measured rate.
+    /// then enough to cover [`QUEUE_TIME`] at its measured rate, at least [`MIN_DEPTH`].
     pub(super) fn depth(&self) -> usize {
         if self.has.is_none() {
             return 1;
         }
         if self.rate == 0.0 {
-            return START_DEPTH;
+            return MIN_DEPTH;
         }
-        (2 + (self.rate * QUEUE_TIME / PIECE_SIZE as f64) as usize).min(MAX_DEPTH)
+        (2 + (self.rate * QUEUE_TIME / PIECE_SIZE as f64) as usize).clamp(MIN_DEPTH, MAX_DEPTH)
+    }
+
+    /// True once it has told us it holds every blob.
+    fn is_seed(&self) -> bool {
+        self.has.as_ref().is_some_and(|h| self.held == h.len())
     }
 
     /// An answer (GIVE of `bytes`) to the ASK for `hash` arrived.
@@ -302,6 +311,7 @@ impl Download {
             }
             Some(has) if has[b as usize] => {
                 has.set(b as usize, false);
+                p.held -= 1;
                 let mut one = bitvec![0; pc.blobs.len()];
                 one.set(b as usize, true);
                 pc.picker.remove_peer(&one);
@@ -338,6 +348,7 @@ impl Download {
         }
         p.lacks.clear();
         pc.picker.add_peer(&new);
+        p.held = new.count_ones();
         if new.any() {
             p.lacks_root = false;
         }
@@ -351,8 +362,22 @@ impl Download {
         let has = p.has.get_or_insert_with(|| bitvec![0; pc.blobs.len()]);
         if !has[b as usize] {
             has.set(b as usize, true);
+            p.held += 1;
             pc.picker.peer_got(b as usize);
         }
         p.lacks_root = false;
+        if p.is_seed() {
+            return;
+        }
+        // A partial peer has it now: an ASK for it still waiting at a seed is
+        // withdrawn, so the seed's upload goes to pieces nobody else has yet
+        // (the next schedule asks again, rarest first).
+        let hash = pc.blobs.hashes[b as usize];
+        for q in self.peers.values_mut() {
+            if q.is_seed() && q.asked.remove(&hash) {
+                q.conn.cancel(hash, &self.route);
+                pc.picker.unrequested(b as usize);
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! socket behind them (their frames land on an outbox), and answers delivered
 //! by hand.
 
+use super::schedule::MIN_DEPTH;
 use super::*;
 use crate::manifest::PIECE_SIZE;
 use crate::peer::Outbox;
@@ -169,23 +170,24 @@ async fn asks_follow_each_peers_window_and_the_download_wide_cap() {
     // Bitfield unknown: one ASK at a time.
     next_ask(&mut o1).await;
     h.events.send(DownloadEvent::Bitfield { conn: 1, bits: full_bitfield(24) }).unwrap();
-    // Known but no rate yet: four.
-    for _ in 0..3 {
+    // Known but no rate yet: MIN_DEPTH.
+    for _ in 1..MIN_DEPTH {
         next_ask(&mut o1).await;
     }
     let mut outboxes = vec![o1];
+    let mut left = MAX_INFLIGHT - MIN_DEPTH;
     for id in 2..=5 {
         let (_, mut o) = join(&h, id);
         h.events.send(DownloadEvent::Bitfield { conn: id, bits: full_bitfield(24) }).unwrap();
-        if id <= 4 {
-            for _ in 0..4 {
-                next_ask(&mut o).await;
-            }
+        let take = left.min(MIN_DEPTH);
+        for _ in 0..take {
+            next_ask(&mut o).await;
         }
+        left -= take;
         outboxes.push(o);
     }
-    // Four peers with four ASKs each: the 16-blob cap. The fifth gets none,
-    // and no peer gets a fifth.
+    // Peers fill their windows up to the 16-blob cap; after that nobody
+    // gets more, and no peer more than its window.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let extra: usize = outboxes.iter_mut().map(|o| sent(o).iter().filter(|f| matches!(f, Frame::Ask(_))).count()).sum();
     assert_eq!(extra, 0, "more than {MAX_INFLIGHT} blobs in flight or a window overrun");

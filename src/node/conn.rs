@@ -328,6 +328,10 @@ impl Handler for Shared {
     fn limiter(&self) -> Option<&RateLimiter> {
         self.limiter.as_ref()
     }
+
+    fn uploads(&self) -> &crate::peer::UploadLog {
+        &self.uploads
+    }
 }
 
 impl Swarm for Shared {

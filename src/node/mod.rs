@@ -118,6 +118,8 @@ pub(crate) struct Shared {
     data_dir: Option<DataDir>,
     local_addr: Option<SocketAddr>,
     limiter: Option<RateLimiter>,
+    /// What every connection sent lately: the order ASKs are answered in.
+    uploads: crate::peer::UploadLog,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     /// Connection slots: `max_peers` permits.
@@ -206,6 +208,7 @@ impl Node {
             local,
             memory,
             limiter: config.max_upload_rate.map(RateLimiter::new),
+            uploads: crate::peer::UploadLog::new(),
             slots: Arc::new(Semaphore::new(config.max_peers)),
             config,
             store,

@@ -3,7 +3,7 @@
 //! so that a final REJECT is not lost to a reset.
 
 use super::{tasks, Handler, Outbox, PeerConn, PeerError, LINGER};
-use crate::connection::{FrameReader, FrameWriter, ReadError, SOCKET_BUFFER};
+use crate::connection::{FrameReader, FrameWriter, ReadError, SOCKET_BUFFER, UNSENT_MARK};
 use crate::identity::{self, Identity};
 use crate::noise::{self, NoiseError};
 use crate::timeouts::Timeouts;
@@ -135,6 +135,7 @@ pub async fn secure(
     step: Duration,
 ) -> Result<(FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>, [u8; 32]), PeerError> {
     let _ = stream.set_nodelay(true);
+    let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(UNSENT_MARK);
     let initiator = direction == Direction::Outbound;
     let session = match timeout(step, noise::handshake(&mut stream, initiator, &local.keys)).await {
         Err(_) => return Err(PeerError::Timeout("the Noise handshake")),

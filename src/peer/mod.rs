@@ -1,6 +1,6 @@
-//! One peer connection: the HELLO handshake ([`handshake`]), then a reader, a
-//! writer and an ASK server running side by side ([`run`]) until either end
-//! closes.
+//! One peer connection: the HELLO handshake ([`handshake`]), then a reader
+//! and a writer running side by side ([`run`]) until either end closes; the
+//! writer answers queued ASKs in the order the node's [`UploadLog`] ranks them.
 //!
 //! A connection knows neither the node nor the download engine. It talks to
 //! its owner through the [`Handler`] trait (blobs to serve, PEERS, BITFIELD
@@ -9,8 +9,10 @@
 
 mod handshake;
 mod tasks;
+mod uploads;
 
 pub use handshake::{dial, handshake, refuse, secure, Handshaken, Local};
+pub use uploads::UploadLog;
 
 use crate::hash::{Hash, NodeId};
 use crate::lock;
@@ -175,6 +177,8 @@ pub trait Handler: Send + Sync + 'static {
     fn farewell(&self) -> Option<Frame>;
     /// The upload limit shared by every connection, if any.
     fn limiter(&self) -> Option<&RateLimiter>;
+    /// What every connection of this node sent lately: the order queued ASKs are answered in.
+    fn uploads(&self) -> &UploadLog;
 }
 
 /// A live, handshaken connection, shared between its tasks, its owner and downloads.

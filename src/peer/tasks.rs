@@ -1,17 +1,23 @@
-//! A live connection's three tasks: the reader (frames to the handler and to
-//! ASK routes), the ASK server (answers from the handler's blobs, in order)
-//! and the writer (control frames first, then answers; keep-alives when idle).
+//! A live connection's two tasks: the reader (frames to the handler and to
+//! ASK routes, ASKs into a queue) and the writer (control frames first, then
+//! answers to queued ASKs; keep-alives when idle).
+//!
+//! The writer picks the next ASK to answer only when the socket can take more
+//! (the socket's unsent-data mark keeps little queued in the kernel), and picks
+//! it by the node's [`UploadLog`]: blobs sent least lately first, a blob just
+//! sent to another peer held back while others can go. Until then a queued ASK
+//! can still be CANCELled.
 //!
 //! Every ASK takes one of [`MAX_QUEUED_ASKS`] slots when it is read and gives
 //! it back only once its answer (GIVE or DONT_HAVE) is written to the socket:
 //! a peer that asks and never reads stops being read, whatever it asks for.
 
 use super::handshake::linger_close;
+use super::uploads::{Choice, UploadLog};
 use super::{Handler, Outbox, PeerConn, PeerError, MAX_QUEUED_ASKS};
 use crate::connection::{FrameReader, FrameWriter};
 use crate::hash::Hash;
 use crate::lock;
-use crate::mapping::Body;
 use crate::text::shown;
 use crate::wire::{Frame, RejectCode};
 use std::collections::VecDeque;
@@ -30,21 +36,38 @@ struct AskQueue {
 }
 
 impl AskQueue {
-    async fn pop(&self) -> (Hash, OwnedSemaphorePermit) {
+    /// The next ASK to answer, as `log` ranks them; waits while the queue is
+    /// empty or every blob in it is held back.
+    async fn pop(&self, log: &UploadLog) -> (Hash, OwnedSemaphorePermit) {
         loop {
-            if let Some(item) = lock(&self.queue).pop_front() {
-                return item;
+            let released = log.released();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let wait = {
+                let mut queue = lock(&self.queue);
+                match log.choose(queue.iter().map(|(h, _)| h), Instant::now().into_std()) {
+                    Some(Choice::Now(i)) => {
+                        if let Some(item) = queue.remove(i) {
+                            return item;
+                        }
+                        None
+                    }
+                    Some(Choice::Wait(at)) => Some(Instant::from_std(at)),
+                    None => None,
+                }
+            };
+            match wait {
+                Some(at) => {
+                    tokio::select! {
+                        _ = self.ready.notified() => {}
+                        _ = released => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => self.ready.notified().await,
             }
-            self.ready.notified().await;
         }
     }
-}
-
-/// An answer on its way to the writer, holding its ASK slot until written.
-struct Reply {
-    hash: Hash,
-    body: Option<Body>,
-    _slot: OwnedSemaphorePermit,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -63,10 +86,8 @@ pub(super) async fn run<H: Handler>(
         slots: Arc::new(Semaphore::new(MAX_QUEUED_ASKS)),
         ready: Notify::new(),
     });
-    let (reply_tx, reply_rx) = mpsc::channel(1);
     let writer_task =
-        tokio::spawn(write_loop(handler.clone(), conn.clone(), writer, outbox.0, reply_rx, keepalive, idle));
-    let server_task = tokio::spawn(serve_asks(handler.clone(), conn.clone(), asks.clone(), reply_tx));
+        tokio::spawn(write_loop(handler.clone(), conn.clone(), writer, outbox.0, asks.clone(), keepalive, idle));
     let result = read_loop(&*handler, &conn, &mut reader, &asks, idle).await;
     match &result {
         Ok(()) => {}
@@ -84,7 +105,6 @@ pub(super) async fn run<H: Handler>(
         }
     }
     conn.close.cancel();
-    server_task.abort();
     if let Ok(Some(mut writer)) = writer_task.await {
         let last = lock(&conn.close_frame).take().or_else(|| handler.farewell());
         linger_close(&mut writer, &mut reader, last).await;
@@ -147,32 +167,13 @@ async fn read_loop<H: Handler>(
     }
 }
 
-/// Answers queued ASKs in order, GIVE or DONT_HAVE, each holding its slot until written.
-async fn serve_asks<H: Handler>(
-    handler: Arc<H>,
-    conn: Arc<PeerConn>,
-    asks: Arc<AskQueue>,
-    replies: mpsc::Sender<Reply>,
-) {
-    loop {
-        let (hash, slot) = tokio::select! {
-            _ = conn.close.cancelled() => return,
-            item = asks.pop() => item,
-        };
-        let body = handler.blob(&hash);
-        if replies.send(Reply { hash, body, _slot: slot }).await.is_err() {
-            return;
-        }
-    }
-}
-
 /// Sends frames until the connection closes; returns the writer for the final REJECT.
 async fn write_loop<H: Handler>(
     handler: Arc<H>,
     conn: Arc<PeerConn>,
     mut writer: FrameWriter<OwnedWriteHalf>,
     mut ctrl_rx: mpsc::UnboundedReceiver<Frame>,
-    mut replies: mpsc::Receiver<Reply>,
+    asks: Arc<AskQueue>,
     keepalive: Duration,
     write_timeout: Duration,
 ) -> Option<FrameWriter<OwnedWriteHalf>> {
@@ -182,32 +183,46 @@ async fn write_loop<H: Handler>(
             biased;
             _ = conn.close.cancelled() => return Some(writer),
             f = ctrl_rx.recv() => match f { Some(f) => Ok(f), None => return Some(writer) },
-            r = replies.recv() => match r { Some(r) => Err(r), None => return Some(writer) },
+            ask = asks.pop(handler.uploads()) => Err(ask),
             _ = tokio::time::sleep_until(last_write + keepalive) => Ok(Frame::KeepAlive),
+        };
+        let start = Instant::now();
+        // An answer holds its ASK slot until written.
+        let (frame, answer) = match next {
+            Ok(frame) => (Some(frame), None),
+            Err((hash, slot)) => match handler.blob(&hash) {
+                Some(body) => (None, Some((hash, body, slot))),
+                None => {
+                    handler.uploads().finished(hash, 0, start.into_std(), start.into_std());
+                    (Some(Frame::DontHave(hash)), None)
+                }
+            },
         };
         let written = tokio::select! {
             _ = conn.close.cancelled() => return None,
             r = async {
-                match &next {
-                    Ok(frame) => writer.write_frame_within(frame, None, Some(write_timeout)).await,
-                    Err(Reply { hash, body: Some(body), .. }) => {
+                match (&frame, &answer) {
+                    (Some(frame), _) => writer.write_frame_within(frame, None, Some(write_timeout)).await,
+                    (None, Some((hash, body, _))) => {
                         writer.write_give(hash, body, handler.limiter(), Some(write_timeout)).await
                     }
-                    Err(Reply { hash, body: None, .. }) => {
-                        writer.write_frame_within(&Frame::DontHave(*hash), None, Some(write_timeout)).await
-                    }
+                    (None, None) => Ok(()),
                 }
             } => r,
         };
         if let Err(e) = written {
+            if let Some((hash, ..)) = answer {
+                handler.uploads().finished(hash, 0, start.into_std(), start.into_std());
+            }
             tracing::debug!(peer = %conn.addr, "write failed: {}", crate::text::io_message(&e));
             conn.close(None);
             return None;
         }
-        if let Err(Reply { body: Some(body), .. }) = &next {
+        last_write = Instant::now();
+        if let Some((hash, body, _slot)) = answer {
+            handler.uploads().finished(hash, body.len(), start.into_std(), last_write.into_std());
             conn.stats.uploaded.fetch_add(body.len() as u64, Ordering::Relaxed);
             handler.on_transfer(body.len() as u64, 0);
         }
-        last_write = Instant::now();
     }
 }

@@ -15,6 +15,7 @@ struct Fake {
     blob_calls: AtomicU64,
     ending: Mutex<Option<String>>,
     closed: Notify,
+    uploads: UploadLog,
 }
 
 impl Handler for Fake {
@@ -39,6 +40,9 @@ impl Handler for Fake {
     }
     fn limiter(&self) -> Option<&RateLimiter> {
         None
+    }
+    fn uploads(&self) -> &UploadLog {
+        &self.uploads
     }
 }
 

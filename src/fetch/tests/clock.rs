@@ -136,8 +136,8 @@ pub(super) fn short_asks(ask: Duration) -> Timeouts {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_peer_gets_one_ask_until_its_bitfield_then_four() {
-    let f = File::new(12, 10);
+async fn a_peer_gets_one_ask_until_its_bitfield_then_min_depth() {
+    let f = File::new(20, 10);
     let h = start(f.info.root, Timeouts::default());
     let mut p1 = Peer::join(&h, 1);
     give_meta(&p1.conn, &mut p1.out, &f.info).await;
@@ -148,25 +148,25 @@ async fn a_peer_gets_one_ask_until_its_bitfield_then_four() {
     assert_eq!(p2.asks().len(), 1, "the same for a peer that joins later");
     p1.bitfield(&h, f.all());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(p1.asks().len(), 4, "four once it said what it has, before its rate is known");
+    assert_eq!(p1.asks().len(), MIN_DEPTH, "MIN_DEPTH once it said what it has, before its rate is known");
     assert_eq!(p2.asks().len(), 1);
     p2.bitfield(&h, f.all());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(p2.asks().len(), 4);
+    assert_eq!(p2.asks().len(), MIN_DEPTH);
     let mut all = [p1.asks(), p2.asks()].concat();
     all.sort();
     all.dedup();
-    assert_eq!(all.len(), 8, "nothing asked twice before the endgame");
+    assert_eq!(all.len(), 2 * MIN_DEPTH, "nothing asked twice before the endgame");
     h.task.abort();
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_peers_window_covers_a_tenth_of_a_second_at_its_measured_rate_from_2_to_32() {
+async fn a_peers_window_covers_a_tenth_of_a_second_at_its_measured_rate_from_min_depth_to_32() {
     let (conn, _out) = PeerConn::detached(1);
     let mut p = schedule::PeerState::new(conn);
     assert_eq!(p.depth(), 1, "holdings unknown");
     p.has = Some(bitvec::bitvec![1; 8]);
-    assert_eq!(p.depth(), 4, "rate not measured yet");
+    assert_eq!(p.depth(), MIN_DEPTH, "rate not measured yet");
     let h = Hash::of(b"x");
     // 25 MiB every 0.2 s: 125 MiB/s, 12.5 MiB per 0.1 s.
     for _ in 0..5 {
@@ -181,7 +181,7 @@ async fn a_peers_window_covers_a_tenth_of_a_second_at_its_measured_rate_from_2_t
         tokio::time::advance(Duration::from_secs(1)).await;
         p.answered(&h, 0);
     }
-    assert_eq!(p.depth(), 2, "at least 2");
+    assert_eq!(p.depth(), MIN_DEPTH, "at least MIN_DEPTH");
 }
 
 #[tokio::test(start_paused = true)]
@@ -198,7 +198,7 @@ async fn a_fast_peers_window_grows_with_its_rate() {
         let asks = p.asks();
         let outstanding = &asks[answered..];
         if t0.elapsed() < Duration::from_millis(100) {
-            assert!(outstanding.len() <= 4, "{} ASKs before its rate was measured", outstanding.len());
+            assert!(outstanding.len() <= MIN_DEPTH, "{} ASKs before its rate was measured", outstanding.len());
         }
         assert!(outstanding.len() <= 16);
         widest = widest.max(outstanding.len());
@@ -209,7 +209,7 @@ async fn a_fast_peers_window_grows_with_its_rate() {
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert!(t0.elapsed() < Duration::from_secs(20), "the download does not progress");
     }
-    assert!(widest > 4, "a peer delivering 1 MiB per 30 ms never got more than {widest} ASKs");
+    assert!(widest > MIN_DEPTH, "a peer delivering 1 MiB per 30 ms never got more than {widest} ASKs");
     outcome(&mut h, PATIENCE).await.0.expect("the download failed");
 }
 
@@ -236,7 +236,7 @@ async fn at_most_16_blobs_are_asked_for_or_being_verified_at_once() {
             let haves = h.swarm.haves.load(Ordering::Relaxed) as usize;
             assert!(total - haves <= 16, "{total} ASKs sent, {haves} pieces verified");
             for (a, n) in asks.iter().zip(answered) {
-                assert!(a.len() - n <= 4, "more than 4 ASKs to a peer whose rate is unknown");
+                assert!(a.len() - n <= MIN_DEPTH, "more than MIN_DEPTH ASKs to a peer whose rate is unknown");
             }
         }
         asks
@@ -408,4 +408,33 @@ async fn each_missing_hash_list_is_asked_of_one_peer_the_least_busy_one() {
     let c = asked(&mut peers);
     assert_eq!(c[idle], vec![lists[1]], "{c:?}");
     assert_eq!(c.concat().len(), 1, "{c:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_have_from_a_partial_peer_withdraws_the_seeds_ask_for_that_piece() {
+    let f = File::new(20, 10);
+    let h = start(f.info.root, Timeouts::default());
+    let mut seed = Peer::seeding(&h, 1, &f).await;
+    let asked = seed.asks();
+    assert_eq!(asked.len(), MIN_DEPTH);
+    let mut partial = Peer::join(&h, 2);
+    settle().await;
+    // Before its bitfield it may be asked for one piece; not one the seed was asked for.
+    let early = partial.asks();
+    assert!(early.len() <= 1 && !early.iter().any(|a| asked.contains(a)));
+    partial.bitfield(&h, f.bits([]));
+    settle().await;
+    assert_eq!(partial.asks(), early, "it holds nothing");
+    // The partial peer got one of the pieces the seed was asked for.
+    h.events.send(DownloadEvent::Have { conn: 2, index: f.index(&asked[0]) as u32 }).unwrap();
+    settle().await;
+    assert_eq!(seed.cancels(), vec![asked[0]], "the seed's ASK for it is withdrawn");
+    assert_eq!(partial.asks().last(), Some(&asked[0]), "and the piece asked of the partial peer");
+    // A seed's HAVE withdraws nothing.
+    let seed2 = Peer::join(&h, 3);
+    seed2.bitfield(&h, f.all());
+    h.events.send(DownloadEvent::Have { conn: 3, index: f.index(&asked[1]) as u32 }).unwrap();
+    settle().await;
+    assert_eq!(seed.cancels(), vec![asked[0]]);
+    h.task.abort();
 }

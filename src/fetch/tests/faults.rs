@@ -12,7 +12,7 @@ async fn a_silent_peers_asks_move_elsewhere_after_the_ask_timeout_and_a_second_s
     p1.bitfield(&h, f.all());
     settle().await;
     let first = p1.asks();
-    assert_eq!(first.len(), 4);
+    assert_eq!(first.len(), MIN_DEPTH);
     let t0 = tokio::time::Instant::now();
     // The other peer holds only what the first was asked for: nothing for it yet.
     let mut p2 = Peer::join(&h, 2);
@@ -72,7 +72,7 @@ async fn bytes_arriving_on_the_connection_keep_a_peers_asks() {
     p.bitfield(&h, f.all());
     settle().await;
     let asked = p.asks();
-    assert_eq!(asked.len(), 4);
+    assert_eq!(asked.len(), MIN_DEPTH);
     // A slow GIVE: a few bytes every 100 ms, for three ASK time-outs.
     for _ in 0..60 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -261,7 +261,7 @@ async fn a_peer_that_leaves_hands_its_asks_back() {
     let h = start(f.info.root, Timeouts::default());
     let mut p1 = Peer::seeding(&h, 1, &f).await;
     let first = p1.asks();
-    assert_eq!(first.len(), 4);
+    assert_eq!(first.len(), MIN_DEPTH);
     // The other peer holds only what the first was asked for.
     let mut p2 = Peer::join(&h, 2);
     settle().await;
