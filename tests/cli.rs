@@ -519,6 +519,44 @@ fn fetch_with_seed_keeps_serving_after_it_completes() {
     assert_eq!(relay.wait_within(PATIENCE).code(), Some(130));
 }
 
+#[test]
+fn a_seeder_whose_stdout_reader_went_away_keeps_serving_and_exits_130() {
+    // A script reads what it needs and closes the pipe: the root, the fetch
+    // command and the summary then meet a closed stdout, which must not stop the node.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("f.bin");
+    let bytes = data(2 << 20, 43);
+    std::fs::write(&src, &bytes).unwrap();
+    let root = Seeder::root_of(&src);
+    for json in [false, true] {
+        let data_dir = dir.path().join(format!("s{json}"));
+        let mut seeder = Proc::spawn(
+            crate::pex()
+                .args(["seed", src.to_str().unwrap(), "--listen", "[::1]:0", "--data-dir", data_dir.to_str().unwrap()])
+                .args(if json { &["--json"][..] } else { &[][..] })
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
+        drop(seeder.stdout.take());
+        let (etx, errs) = mpsc::channel();
+        forward(seeder.stderr.take().unwrap(), etx);
+        // "serving f.bin (2.00 MiB) on [::1]:PORT; Ctrl-C to stop"
+        let addr = loop {
+            let line = errs.recv_timeout(PATIENCE).expect("the seeder stopped before serving");
+            if let Some(rest) = line.strip_prefix("serving ").and_then(|l| l.rsplit(" on ").next()) {
+                break rest.split(';').next().unwrap().to_owned();
+            }
+        };
+        let out = dir.path().join(format!("out{json}.bin"));
+        let result = fetch(&root, &addr, &out, &dir.path().join(format!("f{json}")));
+        assert!(result.status.success(), "json {json}: {}", String::from_utf8_lossy(&result.stderr));
+        assert!(std::fs::read(&out).unwrap() == bytes);
+        seeder.signal(libc::SIGINT);
+        assert_eq!(seeder.wait_within(PATIENCE).code(), Some(130), "json {json}: not a clean exit");
+    }
+}
+
 impl Seeder {
     /// The root `pex hash` prints for a file.
     fn root_of(file: &Path) -> String {

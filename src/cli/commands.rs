@@ -149,11 +149,19 @@ pub(super) fn print_how_to_fetch(node: &Node, root: Hash, json: bool) {
         // Last, the whole of it in one string: `pex fetch TICKET` needs nothing else.
         out.push(ticket_for(root, id, listen).to_string());
     }
-    if json {
-        eprintln!("{}", out.join("\n"));
+    say(json, out.join("\n"));
+}
+
+/// Prints a line of a long-running command (seed, serve) on stdout, or on
+/// stderr when `to_stderr`, in one write, ignoring a reader that went away:
+/// a script that reads the root and closes the pipe must not stop the node.
+pub(super) fn say(to_stderr: bool, line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = if to_stderr {
+        writeln!(std::io::stderr().lock(), "{line}")
     } else {
-        println!("{}", out.join("\n"));
-    }
+        writeln!(std::io::stdout().lock(), "{line}")
+    };
 }
 
 /// A ticket for `root` at this node's routable addresses for `listen`.
@@ -297,7 +305,7 @@ async fn seed(file: PathBuf, rehash: bool, args: NodeArgs, quiet: bool, token: C
         if let Some(listen) = node.local_addr() {
             s["ticket"] = json!(ticket_for(info.root, node.id(), listen).to_string());
         }
-        println!("{s}");
+        say(false, s);
     }
     Ok(EXIT_INTERRUPTED)
 }
@@ -331,11 +339,7 @@ async fn serve(args: NodeArgs, quiet: bool, token: CancellationToken) -> Result<
     if let Some(listen) = node.local_addr() {
         for root in &roots {
             let t = ticket_for(*root, node.id(), listen);
-            if args.json {
-                eprintln!("{t}");
-            } else {
-                println!("{t}");
-            }
+            say(args.json, t);
         }
     }
     let files = ui::count(served.len(), "file", "files");
@@ -345,7 +349,7 @@ async fn serve(args: NodeArgs, quiet: bool, token: CancellationToken) -> Result<
         let total = served.iter().map(|i| i.manifest.size).sum();
         let mut s = summary(&node, served.first().map(|i| i.root), total, started);
         s["roots"] = json!(roots.iter().map(|r| r.to_hex()).collect::<Vec<_>>());
-        println!("{s}");
+        say(false, s);
     }
     Ok(EXIT_INTERRUPTED)
 }

@@ -96,7 +96,7 @@ pub async fn seed_dir(dir: &Path, rehash: bool, args: NodeArgs, quiet: bool, tok
         if let Some(listen) = node.local_addr() {
             s["ticket"] = json!(ticket_for(info.root, node.id(), listen).to_string());
         }
-        println!("{s}");
+        super::commands::say(false, s);
     }
     Ok(EXIT_INTERRUPTED)
 }
