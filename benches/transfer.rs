@@ -5,7 +5,8 @@
 //! - `pex seed` → `pex fetch` as two processes, wire protocol v2 (this build)
 //!   against v1 (the last v1 build, commit 06f5fac, made by scripts/build-v1.sh
 //!   into target/v1/release/pex, or the binary PEX_V1_BIN names), with the
-//!   CPU-seconds per GiB of both processes together.
+//!   CPU-seconds per GiB of both processes together; and this build again with
+//!   `PEX_NO_DIRECT=1` (pieces written through the mapping, not `O_DIRECT`).
 //!
 //! Size: PEX_BENCH_SIZE (bytes or e.g. 1GiB), default 256 MiB; PEX_BENCH_RUNS
 //! runs of each (default 3), the median is reported.
@@ -46,14 +47,16 @@ fn main() {
     let v1_bin = v1_bin.exists().then_some(v1_bin);
     let mut base = Vec::new();
     let mut pex = Vec::new();
-    let (mut v1, mut v2) = (Vec::new(), Vec::new());
+    let (mut v1, mut v2, mut mapped) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         base.push(rt.block_on(baseline(&src, &dir.path().join(format!("base{run}")))));
         pex.push(rt.block_on(pex_transfer(&src, dir.path(), run)));
         if let Some(bin) = &v1_bin {
-            v1.push(processes(bin, &src, &dir.path().join(format!("v1-{run}"))));
+            v1.push(processes(bin, &src, &dir.path().join(format!("v1-{run}")), &[]));
         }
-        v2.push(processes(&v2_bin, &src, &dir.path().join(format!("v2-{run}"))));
+        v2.push(processes(&v2_bin, &src, &dir.path().join(format!("v2-{run}")), &[]));
+        let no_direct = [("PEX_NO_DIRECT", "1")];
+        mapped.push(processes(&v2_bin, &src, &dir.path().join(format!("v2m-{run}")), &no_direct));
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -75,6 +78,8 @@ fn main() {
     };
     println!("pex seed -> pex fetch as processes, median of {runs}:");
     let (s2, c2) = show("wire v2 (Noise, AES-256-GCM)", &mut v2);
+    let (sm, cm) = show("v2, pieces via the mapping  ", &mut mapped);
+    println!("  direct writes / mapping throughput: {:.2}; CPU per GiB: {:.2}", sm / s2, c2 / cm);
     match v1_bin {
         Some(_) => {
             let (s1, c1) = show("wire v1 (plaintext)         ", &mut v1);
@@ -102,7 +107,7 @@ fn cpu_of(pid: u32) -> f64 {
 
 /// `bin seed src` and `bin fetch` of it as two processes on [::1]. The fetch is
 /// timed; CPU is the seeder's during the fetch plus the whole fetcher's.
-fn processes(bin: &Path, src: &Path, dir: &Path) -> Run {
+fn processes(bin: &Path, src: &Path, dir: &Path, env: &[(&str, &str)]) -> Run {
     std::fs::create_dir_all(dir).unwrap();
     let mut seeder = Command::new(bin)
         .env("PEX_NO_LAN", "1")
@@ -126,6 +131,7 @@ fn processes(bin: &Path, src: &Path, dir: &Path) -> Run {
     #[allow(clippy::zombie_processes)]
     let fetcher = Command::new(bin)
         .env("PEX_NO_LAN", "1")
+        .envs(env.iter().copied())
         .args(["fetch", &root, "--peer", &peer, "-q", "-o"])
         .arg(dir.join("out"))
         .arg("--data-dir")
