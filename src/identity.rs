@@ -11,6 +11,8 @@ use std::path::Path;
 
 /// What a HELLO signature covers before the handshake hash.
 pub const HELLO_CONTEXT: &[u8; 11] = b"pex/2 hello";
+/// What a room MESSAGE signature covers before the room, the id and the payload.
+pub const ROOM_CONTEXT: &[u8; 18] = b"pex/2 room message";
 /// Length of an Ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
 
@@ -45,6 +47,11 @@ impl Identity {
     /// The signature a HELLO carries on the connection whose Noise handshake hash is `handshake_hash`.
     pub fn sign_hello(&self, handshake_hash: &[u8; 32]) -> [u8; SIGNATURE_LEN] {
         self.key.sign(&hello_message(handshake_hash)).to_bytes()
+    }
+
+    /// The signature a room MESSAGE from this node carries (docs/PROTOCOL.md 4.14).
+    pub fn sign_room_message(&self, room: &[u8; 32], id: &[u8; 16], payload: &[u8]) -> [u8; SIGNATURE_LEN] {
+        self.key.sign(&room_message(room, id, payload)).to_bytes()
     }
 
     /// Reads the identity kept at `path`, creating it (mode 0600) on first use.
@@ -106,6 +113,31 @@ fn hello_message(handshake_hash: &[u8; 32]) -> [u8; 43] {
     m
 }
 
+/// The bytes a room MESSAGE signature signs: [`ROOM_CONTEXT`], room, id, payload.
+fn room_message(room: &[u8; 32], id: &[u8; 16], payload: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(ROOM_CONTEXT.len() + 48 + payload.len());
+    m.extend_from_slice(ROOM_CONTEXT);
+    m.extend_from_slice(room);
+    m.extend_from_slice(id);
+    m.extend_from_slice(payload);
+    m
+}
+
+/// Whether `signature` is `origin`'s signature of a room MESSAGE with this
+/// room, id and payload (strict verification, as for HELLO).
+pub fn verify_room_message(
+    origin: &NodeId,
+    room: &[u8; 32],
+    id: &[u8; 16],
+    payload: &[u8],
+    signature: &[u8; SIGNATURE_LEN],
+) -> bool {
+    let Ok(key) = VerifyingKey::from_bytes(&origin.0) else {
+        return false;
+    };
+    key.verify_strict(&room_message(room, id, payload), &Signature::from_bytes(signature)).is_ok()
+}
+
 /// Whether `signature` is `node_id`'s HELLO signature for this handshake hash.
 /// Strict verification: no malleable or small-order keys.
 pub fn verify_hello(node_id: &NodeId, handshake_hash: &[u8; 32], signature: &[u8; SIGNATURE_LEN]) -> bool {
@@ -118,6 +150,21 @@ pub fn verify_hello(node_id: &NodeId, handshake_hash: &[u8; 32], signature: &[u8
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_room_message_signature_covers_room_id_and_payload_and_its_origin() {
+        let (a, b) = (Identity::from_secret([1; 32]), Identity::from_secret([2; 32]));
+        let (room, id) = ([3u8; 32], [4u8; 16]);
+        let sig = a.sign_room_message(&room, &id, b"hi");
+        assert!(verify_room_message(&a.node_id(), &room, &id, b"hi", &sig));
+        assert!(!verify_room_message(&b.node_id(), &room, &id, b"hi", &sig), "another origin");
+        assert!(!verify_room_message(&a.node_id(), &[5; 32], &id, b"hi", &sig), "another room");
+        assert!(!verify_room_message(&a.node_id(), &room, &[6; 16], b"hi", &sig), "another id");
+        assert!(!verify_room_message(&a.node_id(), &room, &id, b"ho", &sig), "another payload");
+        assert!(!verify_room_message(&NodeId([0; 32]), &room, &id, b"hi", &sig), "not a key");
+        // Not interchangeable with a HELLO signature.
+        assert!(!verify_hello(&a.node_id(), &[7; 32], &sig));
+    }
 
     #[test]
     fn a_hello_signature_verifies_only_for_its_id_and_handshake() {

@@ -287,6 +287,15 @@ impl Handler for Shared {
         Ok(())
     }
 
+    fn on_room(&self, conn: &Arc<PeerConn>, frame: Frame) -> Result<(), PeerError> {
+        // This node is a member of no room: it declines every JOIN and ignores
+        // what is sent to rooms it is not in.
+        if let Frame::Join(room) = frame {
+            conn.send(Frame::Leave(room));
+        }
+        Ok(())
+    }
+
     fn on_transfer(&self, up: u64, down: u64) {
         self.totals.add(up, down);
     }

@@ -168,6 +168,9 @@ pub trait Handler: Send + Sync + 'static {
     fn on_bitfield(&self, conn: &Arc<PeerConn>, root: Hash, first: u32, bits: Bytes) -> Result<(), PeerError>;
     /// The peer sent HAVE; an error closes the connection with REJECT(3).
     fn on_have(&self, conn: &Arc<PeerConn>, root: Hash, index: u32) -> Result<(), PeerError>;
+    /// The peer sent a room frame (JOIN, LEAVE, MEMBERS, MESSAGE, DIRECT);
+    /// an error closes the connection.
+    fn on_room(&self, conn: &Arc<PeerConn>, frame: Frame) -> Result<(), PeerError>;
     /// GIVE payload bytes were sent (`up`) or received (`down`).
     fn on_transfer(&self, up: u64, down: u64);
     /// The connection closed: `Ok` when it ended cleanly, else how it ended badly.

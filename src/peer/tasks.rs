@@ -163,6 +163,11 @@ async fn read_loop<H: Handler>(
             Frame::Peers(peers) => handler.on_peers(conn, peers),
             Frame::Bitfield { root, first, bits } => handler.on_bitfield(conn, root, first, bits)?,
             Frame::Have { root, index } => handler.on_have(conn, root, index)?,
+            room @ (Frame::Join(_)
+            | Frame::Leave(_)
+            | Frame::Members { .. }
+            | Frame::Message(_)
+            | Frame::Direct { .. }) => handler.on_room(conn, room)?,
         }
     }
 }

@@ -30,6 +30,9 @@ impl Handler for Fake {
     fn on_have(&self, _: &Arc<PeerConn>, _: Hash, _: u32) -> Result<(), PeerError> {
         Ok(())
     }
+    fn on_room(&self, _: &Arc<PeerConn>, _: Frame) -> Result<(), PeerError> {
+        Ok(())
+    }
     fn on_transfer(&self, _: u64, _: u64) {}
     fn on_closed(&self, _: &Arc<PeerConn>, ending: &Result<(), PeerError>) {
         *lock(&self.ending) = Some(format!("{ending:?}"));

@@ -6,6 +6,10 @@
 //! body. docs/PROTOCOL.md is written from this module; v1 (plaintext, before
 //! the Noise handshake) survives only as [`v1_reject`], the answer to a v1 peer.
 
+mod room;
+
+pub use room::{room_id, RoomMessage, MAX_PAYLOAD, MESSAGE_ID_LEN};
+
 use crate::hash::{Hash, NodeId};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
@@ -55,6 +59,16 @@ pub mod kind {
     pub const REJECT: u8 = 7;
     /// Withdraw an ASK.
     pub const CANCEL: u8 = 8;
+    /// The sender is a member of a room and asks to be a neighbour in it.
+    pub const JOIN: u8 = 9;
+    /// The sender is no longer (or will not be) a neighbour in a room.
+    pub const LEAVE: u8 = 10;
+    /// Members of a room and where they accept connections.
+    pub const MEMBERS: u8 = 11;
+    /// A signed broadcast to a room, forwarded between neighbours.
+    pub const MESSAGE: u8 = 12;
+    /// A message to the node at the other end of this connection.
+    pub const DIRECT: u8 = 13;
 }
 
 /// REJECT codes: why a node closes a connection.
@@ -168,6 +182,28 @@ pub enum Frame {
     },
     /// Withdraw an earlier ASK.
     Cancel(Hash),
+    /// Join the room with this id as the receiver's neighbour.
+    Join(Hash),
+    /// Stop being (or decline to be) the receiver's neighbour in this room.
+    Leave(Hash),
+    /// Members of `room` the sender knows, with where they accept connections.
+    Members {
+        /// The room's id.
+        room: Hash,
+        /// At most [`MAX_PEERS_PER_FRAME`] members.
+        members: Vec<PeerEntry>,
+    },
+    /// A signed broadcast to a room.
+    Message(RoomMessage),
+    /// A message for the receiver alone, from the sender of this connection.
+    Direct {
+        /// The room it belongs to.
+        room: Hash,
+        /// Random, chosen by the sender: what replays are recognised by.
+        id: [u8; MESSAGE_ID_LEN],
+        /// At most [`MAX_PAYLOAD`] bytes.
+        payload: Bytes,
+    },
     /// A type this version does not know; ignored by receivers.
     Unknown {
         /// The type byte.
@@ -239,6 +275,11 @@ impl Frame {
             Frame::Have { .. } => "HAVE",
             Frame::Reject { .. } => "REJECT",
             Frame::Cancel(_) => "CANCEL",
+            Frame::Join(_) => "JOIN",
+            Frame::Leave(_) => "LEAVE",
+            Frame::Members { .. } => "MEMBERS",
+            Frame::Message(_) => "MESSAGE",
+            Frame::Direct { .. } => "DIRECT",
             Frame::Unknown { .. } => "UNKNOWN",
         }
     }
@@ -267,6 +308,7 @@ impl Frame {
             Frame::Have { .. } => 36,
             Frame::Reject { reason, .. } => REJECT_HEAD + reason.len(),
             Frame::Unknown { body, .. } => body.len(),
+            room => room::body_len(room).unwrap_or(0),
         };
         reserve_head(dst, body_len);
         dst.put_u32((1 + body_len) as u32);
@@ -281,15 +323,7 @@ impl Frame {
             }
             Frame::Peers(peers) => {
                 dst.put_u8(kind::PEERS);
-                for PeerEntry { node_id, addr } in peers {
-                    dst.put_slice(&node_id.0);
-                    let ip = match addr.ip() {
-                        IpAddr::V6(ip) => ip,
-                        IpAddr::V4(ip) => ip.to_ipv6_mapped(),
-                    };
-                    dst.put_slice(&ip.octets());
-                    dst.put_u16(addr.port());
-                }
+                put_entries(dst, peers);
             }
             Frame::Hello(hello) => {
                 dst.put_u8(kind::HELLO);
@@ -319,6 +353,9 @@ impl Frame {
                 dst.put_u8(*kind);
                 dst.put_slice(body);
             }
+            room => {
+                room::encode(room, dst);
+            }
         }
         None
     }
@@ -347,6 +384,37 @@ fn reserve_head(dst: &mut BytesMut, body_len: usize) {
 fn put_hash(dst: &mut BytesMut, kind: u8, hash: &Hash) {
     dst.put_u8(kind);
     dst.put_slice(&hash.0);
+}
+
+/// PEERS and MEMBERS entries: node id, IPv6 address (IPv4 mapped), port.
+fn put_entries(dst: &mut BytesMut, entries: &[PeerEntry]) {
+    for PeerEntry { node_id, addr } in entries {
+        dst.put_slice(&node_id.0);
+        let ip = match addr.ip() {
+            IpAddr::V6(ip) => ip,
+            IpAddr::V4(ip) => ip.to_ipv6_mapped(),
+        };
+        dst.put_slice(&ip.octets());
+        dst.put_u16(addr.port());
+    }
+}
+
+/// Reads entries written by [`put_entries`] (`bytes` is a multiple of 50 long).
+fn entries(bytes: &[u8]) -> Vec<PeerEntry> {
+    bytes
+        .chunks_exact(PEER_ENTRY_LEN)
+        .map(|e| {
+            let mut ip = [0u8; 16];
+            ip.copy_from_slice(&e[32..48]);
+            let ip = Ipv6Addr::from(ip);
+            let port = u16::from_be_bytes([e[48], e[49]]);
+            let addr = match ip.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(IpAddr::V4(v4), port),
+                None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)),
+            };
+            PeerEntry { node_id: NodeId(hash_at(e).0), addr }
+        })
+        .collect()
 }
 
 /// How many bytes the frame at the start of `buf` needs in all (prefix included),
@@ -432,21 +500,7 @@ pub fn decode_body(kind: u8, mut body: Bytes) -> Result<Frame, FrameError> {
                     expected: "a multiple of 50, at most 2500",
                 });
             }
-            let peers = body
-                .chunks_exact(PEER_ENTRY_LEN)
-                .map(|e| {
-                    let mut ip = [0u8; 16];
-                    ip.copy_from_slice(&e[32..48]);
-                    let ip = Ipv6Addr::from(ip);
-                    let port = u16::from_be_bytes([e[48], e[49]]);
-                    let addr = match ip.to_ipv4_mapped() {
-                        Some(v4) => SocketAddr::new(IpAddr::V4(v4), port),
-                        None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)),
-                    };
-                    PeerEntry { node_id: NodeId(hash_at(e).0), addr }
-                })
-                .collect();
-            Frame::Peers(peers)
+            Frame::Peers(entries(&body))
         }
         kind::HELLO => {
             exact("HELLO", &body, HELLO_LEN, "103")?;
@@ -491,7 +545,10 @@ pub fn decode_body(kind: u8, mut body: Bytes) -> Result<Frame, FrameError> {
             let reason = std::str::from_utf8(&body[3..]).map_err(|_| FrameError::ReasonNotUtf8)?.to_owned();
             Frame::Reject { code, retry_after, reason }
         }
-        kind => Frame::Unknown { kind, body },
+        kind => match room::decode(kind, body.clone()) {
+            Some(frame) => frame?,
+            None => Frame::Unknown { kind, body },
+        },
     })
 }
 

@@ -109,8 +109,20 @@ fn one_of_each() -> Vec<Frame> {
         Frame::Reject { code: 2, retry_after: 0, reason: "peer limit reached".into() },
         Frame::Reject { code: 9, retry_after: 0, reason: String::new() },
         Frame::Cancel(h),
+        Frame::Join(h),
+        Frame::Leave(h),
+        Frame::Members { room: h, members: vec![entry(4, "[::1]:9001")] },
+        Frame::Message(crate::wire::RoomMessage {
+            room: h,
+            id: [1; 16],
+            origin: NodeId([2; 32]),
+            hops: 7,
+            signature: [3; 64],
+            payload: Bytes::from_static(b"hello, room"),
+        }),
+        Frame::Direct { room: h, id: [5; 16], payload: Bytes::new() },
         Frame::Unknown { kind: 200, body: Bytes::from_static(b"future") },
-        Frame::Unknown { kind: 9, body: Bytes::new() },
+        Frame::Unknown { kind: 14, body: Bytes::new() },
     ]
 }
 
@@ -129,7 +141,11 @@ fn every_frame_type_has_its_documented_name() {
         (Frame::Have { root: h, index: 0 }, "HAVE"),
         (Frame::Reject { code: 1, retry_after: 0, reason: String::new() }, "REJECT"),
         (Frame::Cancel(h), "CANCEL"),
-        (Frame::Unknown { kind: 9, body: Bytes::new() }, "UNKNOWN"),
+        (Frame::Join(h), "JOIN"),
+        (Frame::Leave(h), "LEAVE"),
+        (Frame::Members { room: h, members: vec![] }, "MEMBERS"),
+        (Frame::Direct { room: h, id: [0; 16], payload: Bytes::new() }, "DIRECT"),
+        (Frame::Unknown { kind: 14, body: Bytes::new() }, "UNKNOWN"),
     ];
     for (frame, name) in table {
         assert_eq!(frame.name(), name, "{frame:?}");
@@ -139,7 +155,8 @@ fn every_frame_type_has_its_documented_name() {
 #[test]
 fn the_type_bytes_are_the_documented_ones() {
     // Section 3: the byte after the prefix.
-    let types: [(Frame, u8); 9] = [
+    let h = Hash::default();
+    let types: [(Frame, u8); 14] = [
         (Frame::Ask(Hash::default()), 0),
         (Frame::Give { hash: Hash::default(), data: Bytes::new() }, 1),
         (Frame::Peers(vec![]), 2),
@@ -149,6 +166,21 @@ fn the_type_bytes_are_the_documented_ones() {
         (Frame::Have { root: Hash::default(), index: 0 }, 6),
         (Frame::Reject { code: 1, retry_after: 0, reason: String::new() }, 7),
         (Frame::Cancel(Hash::default()), 8),
+        (Frame::Join(h), 9),
+        (Frame::Leave(h), 10),
+        (Frame::Members { room: h, members: vec![] }, 11),
+        (
+            Frame::Message(crate::wire::RoomMessage {
+                room: h,
+                id: [0; 16],
+                origin: NodeId::default(),
+                hops: 0,
+                signature: [0; 64],
+                payload: Bytes::new(),
+            }),
+            12,
+        ),
+        (Frame::Direct { room: h, id: [0; 16], payload: Bytes::new() }, 13),
     ];
     for (frame, kind) in types {
         assert_eq!(frame.to_bytes()[4], kind, "{}", frame.name());

@@ -1,4 +1,5 @@
-//! Identities, HELLO signatures, frames and manifests (2.2, 3, 4, 6), encoded and decoded by hand.
+//! Identities, HELLO and MESSAGE signatures, frames and manifests (2.2, 3, 4, 6), encoded and decoded
+//! by hand.
 
 use super::*;
 
@@ -32,12 +33,41 @@ impl Identity {
     pub(super) fn hello(&self, hh: &Hash, port: u16, flags: u8) -> Vec<u8> {
         hello_frame(&self.id(), port, flags, &self.sign_hello(hh))
     }
+
+    /// The signature of `"pex/2 room message" ‖ room ‖ id ‖ payload` (4.14).
+    pub(super) fn sign_room_message(&self, room: &Hash, id: &MessageId, payload: &[u8]) -> [u8; 64] {
+        self.key.sign(&room_message_signed(room, id, payload)).to_bytes()
+    }
+
+    /// A MESSAGE frame (4.14) this identity wrote, signed, with `hops` forwards left.
+    pub(super) fn room_message(&self, room: &Hash, id: &MessageId, hops: u8, payload: &[u8]) -> Vec<u8> {
+        message(room, id, &self.id(), hops, &self.sign_room_message(room, id, payload), payload)
+    }
 }
 
 /// Strict verification, as 4.4 requires of HELLO signatures.
 pub(super) fn hello_signature_ok(id: &Hash, hh: &Hash, sig: &[u8; 64]) -> bool {
     let Ok(key) = VerifyingKey::from_bytes(id) else { return false };
     key.verify_strict(&[HELLO_CONTEXT, hh].concat(), &Signature::from_bytes(sig)).is_ok()
+}
+
+/// A message id of MESSAGE and DIRECT (section "Rooms"): 16 bytes chosen by its sender.
+pub(super) type MessageId = [u8; 16];
+
+/// A room's id from its name (section "Rooms"): `SHA-256("pex-room" ‖ name)`.
+pub(super) fn room_id(name: &str) -> Hash {
+    sha_parts(&[ROOM_CONTEXT, name.as_bytes()])
+}
+
+/// The bytes a MESSAGE signature signs (4.14); `hops` is not among them.
+fn room_message_signed(room: &Hash, id: &MessageId, payload: &[u8]) -> Vec<u8> {
+    [ROOM_MESSAGE_CONTEXT, &room[..], &id[..], payload].concat()
+}
+
+/// Verification of a MESSAGE signature by its origin (4.14), strict as for HELLO (4.4).
+pub(super) fn room_message_signature_ok(m: &RoomMessage) -> bool {
+    let Ok(key) = VerifyingKey::from_bytes(&m.origin) else { return false };
+    key.verify_strict(&room_message_signed(&m.room, &m.id, &m.payload), &Signature::from_bytes(&m.sig)).is_ok()
 }
 
 /// A received HELLO body (4.4), checked by the codec but not yet its signature.
@@ -138,6 +168,62 @@ pub(super) fn cancel(h: &Hash) -> Vec<u8> {
     frame(CANCEL, h)
 }
 
+pub(super) fn join_room(room: &Hash) -> Vec<u8> {
+    frame(JOIN, room)
+}
+
+pub(super) fn leave_room(room: &Hash) -> Vec<u8> {
+    frame(LEAVE, room)
+}
+
+/// MEMBERS (4.13): the room, then entries laid out as in PEERS (4.3).
+pub(super) fn members(room: &Hash, entries: &[Entry]) -> Vec<u8> {
+    frame(MEMBERS, &[&room[..], &peers(entries)[5..]].concat())
+}
+
+pub(super) fn parse_members(body: &[u8]) -> (Hash, Vec<Entry>) {
+    (body[..32].try_into().unwrap(), parse_peers(&body[32..]))
+}
+
+/// MESSAGE (4.14) with the signature given; `Identity::room_message` signs it.
+pub(super) fn message(room: &Hash, id: &MessageId, origin: &Hash, hops: u8, sig: &[u8; 64], payload: &[u8]) -> Vec<u8> {
+    frame(MESSAGE, &[&room[..], &id[..], &origin[..], &[hops], &sig[..], payload].concat())
+}
+
+/// The head of a MESSAGE body before its payload: room, id, origin, hops, signature (4.14).
+pub(super) const MESSAGE_HEAD: usize = 32 + 16 + 32 + 1 + 64;
+
+/// A MESSAGE body (4.14), its length checked by the codec but not its signature.
+#[derive(Clone, Debug)]
+pub(super) struct RoomMessage {
+    pub(super) room: Hash,
+    pub(super) id: MessageId,
+    pub(super) origin: Hash,
+    pub(super) hops: u8,
+    pub(super) sig: [u8; 64],
+    pub(super) payload: Vec<u8>,
+}
+
+pub(super) fn parse_message(body: &[u8]) -> RoomMessage {
+    assert!(body.len() >= MESSAGE_HEAD, "MESSAGE body of {} bytes", body.len());
+    RoomMessage {
+        room: body[..32].try_into().unwrap(),
+        id: body[32..48].try_into().unwrap(),
+        origin: body[48..80].try_into().unwrap(),
+        hops: body[80],
+        sig: body[81..MESSAGE_HEAD].try_into().unwrap(),
+        payload: body[MESSAGE_HEAD..].to_vec(),
+    }
+}
+
+/// DIRECT (4.15): room, id, payload; no signature.
+pub(super) fn direct(room: &Hash, id: &MessageId, payload: &[u8]) -> Vec<u8> {
+    frame(DIRECT, &[&room[..], &id[..], payload].concat())
+}
+
+/// The head of a DIRECT body before its payload: room, id (4.15).
+pub(super) const DIRECT_HEAD: usize = 32 + 16;
+
 /// Bits for `pieces` pieces with `set(i)` deciding each, spare bits zero (4.6, 5.7).
 pub(super) fn bits_where(pieces: usize, set: impl Fn(usize) -> bool) -> Vec<u8> {
     let mut bits = vec![0u8; pieces.div_ceil(8)];
@@ -205,6 +291,11 @@ impl Frame {
             Some(HAVE) => "HAVE",
             Some(REJECT) => "REJECT",
             Some(CANCEL) => "CANCEL",
+            Some(JOIN) => "JOIN",
+            Some(LEAVE) => "LEAVE",
+            Some(MEMBERS) => "MEMBERS",
+            Some(MESSAGE) => "MESSAGE",
+            Some(DIRECT) => "DIRECT",
             Some(_) => "unknown",
         };
         let wire = self.wire();
@@ -239,6 +330,11 @@ pub(super) fn codec_check(ty: Option<u8>, body: &[u8]) -> Result<(), &'static st
         Some(BITFIELD) => n >= 36,
         Some(HAVE) => n == 36,
         Some(REJECT) => (3..=203).contains(&n),
+        Some(JOIN | LEAVE) => n == 32,
+        Some(MEMBERS) => n >= 32 && (n - 32) % 50 == 0 && n <= 32 + 2500,
+        Some(MESSAGE) => (MESSAGE_HEAD..=MESSAGE_HEAD + MAX_ROOM_PAYLOAD).contains(&n),
+        Some(DIRECT) => (DIRECT_HEAD..=DIRECT_HEAD + MAX_ROOM_PAYLOAD).contains(&n),
+        // Types 14 to 255: unknown, ignored whatever their length (up to the maximum `L`).
         Some(_) => true,
     };
     if !length_ok {

@@ -282,3 +282,30 @@ fn frames_may_be_split_and_joined_across_transport_messages() {
     join(writer).unwrap();
     c.fetch_expect(&hashes[0], &original[..PIECE]);
 }
+
+#[test]
+fn a_node_in_no_room_declines_a_join_and_ignores_the_other_room_frames() {
+    // Section "Rooms": a node that is a member of no room answers JOIN with LEAVE
+    // for that room and ignores LEAVE, MEMBERS, MESSAGE and DIRECT.
+    let dir = tempfile::tempdir().unwrap();
+    let (file, original) = write_file(dir.path(), "one.bin", PIECE, 5);
+    let hashes = piece_hashes(&original);
+    let node = Node::start(&file, &[]);
+    let mut rng = Rng::new(21);
+    let mut c = node.peer();
+    let room = rng.hash();
+    c.send(&frame(9, &room));
+    assert_eq!(c.recv().wire(), frame(10, &room), "JOIN is declined with LEAVE for that room");
+    let id = [7u8; 16];
+    let member = [&rng.hash()[..], &[0u8; 16], &9000u16.to_be_bytes()].concat();
+    let quiet = [
+        frame(10, &room),
+        frame(11, &[&room[..], &member].concat()),
+        frame(12, &[&room[..], &id, &rng.hash(), &[3], &[0u8; 64], b"hello"].concat()),
+        frame(13, &[&room[..], &id, b"hi"].concat()),
+    ]
+    .concat();
+    c.send(&quiet);
+    // Nothing came back for those: the next frame is the answer to this ASK.
+    c.fetch_expect(&hashes[0], &original);
+}

@@ -38,6 +38,15 @@ fn encoder_and_decoder_reproduce_the_spec_vectors() {
         })
         .collect();
 
+    // The rooms examples (section "Rooms"): room "lobby", message id 00 01 … 0f, origin the
+    // identity of secret 03…03.
+    let lobby = room_id("lobby");
+    assert_eq!(hex(&lobby), "6580e362b37f6f807d9d3db28cca8210eb95034acae079062c7bbb36a768cf91");
+    let msg_id: MessageId = std::array::from_fn(|i| i as u8);
+    let origin = Identity::from_secret(&[3; 32]);
+    assert_eq!(origin.id(), id_of(3));
+    let hello_room_sig = origin.sign_room_message(&lobby, &msg_id, b"hello, room");
+
     // (name, our encoding, the hex quoted in docs/PROTOCOL.md, or "" where the spec quotes none)
     let valid: Vec<(&str, Vec<u8>, &str)> = vec![
         ("hello", hello_frame(&init_id, 9001, 1, &hello_sig), "0000006803504558028a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c232901b27901c63a92208f5780e5420b7672dab91c65fb1fe98768500c3f97228d496b0d4688ecebe42b36575796fdce0fa252e10c1c7f7742010dfaeb8c5a5091bd09"),
@@ -58,6 +67,13 @@ fn encoder_and_decoder_reproduce_the_spec_vectors() {
         ("reject_full", reject(2, 5, "peer limit reached"), "000000160702000570656572206c696d69742072656163686564"),
         ("reject_shutdown", reject(6, 10, "shutting down"), "000000110706000a7368757474696e6720646f776e"),
         ("reject_empty", reject(1, 0, ""), "0000000407010000"),
+        ("join", join_room(&lobby), "00000021096580e362b37f6f807d9d3db28cca8210eb95034acae079062c7bbb36a768cf91"),
+        ("leave", leave_room(&lobby), "000000210a6580e362b37f6f807d9d3db28cca8210eb95034acae079062c7bbb36a768cf91"),
+        ("members_one", members(&lobby, &[(id_of(3), ipv4("192.0.2.7"), 9000)]), "000000530b6580e362b37f6f807d9d3db28cca8210eb95034acae079062c7bbb36a768cf91ed4928c628d1c2c6eae90338905995612959273a5c63f93636c14614ac8737d100000000000000000000ffffc00002072328"),
+        ("members_none", members(&lobby, &[]), ""),
+        ("message", message(&lobby, &msg_id, &id_of(3), 8, &hello_room_sig, b"hello, room"), "0000009d0c6580e362b37f6f807d9d3db28cca8210eb95034acae079062c7bbb36a768cf91000102030405060708090a0b0c0d0e0fed4928c628d1c2c6eae90338905995612959273a5c63f93636c14614ac8737d1080a1b45407d14944ea525c887522a34541d5a417e0f96c4c2db3ee90cb8e4b78fe0838fe3aae5780de91d1099341e2925fba2f62881408cf1b691a173126cd00168656c6c6f2c20726f6f6d"),
+        ("direct", direct(&lobby, &msg_id, b"hi there"), "000000390d6580e362b37f6f807d9d3db28cca8210eb95034acae079062c7bbb36a768cf91000102030405060708090a0b0c0d0e0f6869207468657265"),
+        ("direct_largest", direct(&lobby, &msg_id, &[b'a'; MAX_ROOM_PAYLOAD]), ""),
     ];
     for (name, ours, quoted) in &valid {
         let fixture = vector_hex(&v2, name);
@@ -77,6 +93,28 @@ fn encoder_and_decoder_reproduce_the_spec_vectors() {
             assert!(valid_names.contains(name), "v2 vector {name} is not reproduced by this test");
         }
     }
+
+    // 4.14: the MESSAGE vector's signature verifies, by its origin only, over room, id and
+    // payload but not hops.
+    let m = parse_message(&decode_frames(&unhex(&vector_hex(&v2, "message"))).unwrap()[0].body);
+    assert_eq!((m.room, m.id, m.origin, m.hops, &m.payload[..]), (lobby, msg_id, id_of(3), 8, &b"hello, room"[..]));
+    assert!(room_message_signature_ok(&m), "the signature of the v2 vector message");
+    assert_eq!(origin.room_message(&lobby, &msg_id, 8, b"hello, room"), unhex(&vector_hex(&v2, "message")));
+    for i in 0..m.payload.len() {
+        let mut payload = m.payload.clone();
+        payload[i] ^= 1;
+        assert!(!room_message_signature_ok(&RoomMessage { payload, ..m.clone() }), "payload byte {i} changed");
+    }
+    assert!(
+        !room_message_signature_ok(&RoomMessage { payload: b"hello, room!".to_vec(), ..m.clone() }),
+        "a byte added"
+    );
+    assert!(!room_message_signature_ok(&RoomMessage { id: [0; 16], ..m.clone() }), "another id");
+    assert!(!room_message_signature_ok(&RoomMessage { room: room_id("lobby2"), ..m.clone() }), "another room");
+    assert!(!room_message_signature_ok(&RoomMessage { origin: id_of(4), ..m.clone() }), "another origin");
+    assert!(room_message_signature_ok(&RoomMessage { hops: 7, ..m.clone() }), "hops is not signed");
+    let (room, entries) = parse_members(&decode_frames(&unhex(&vector_hex(&v2, "members_one"))).unwrap()[0].body);
+    assert_eq!((room, entries), (lobby, vec![(id_of(3), ipv4("192.0.2.7"), 9000)]));
 
     // The invalid vectors: our encoding of what each note describes, and our decoder's verdict.
     let hello_body = &unhex(&vector_hex(&v2, "hello"))[5..];
@@ -102,6 +140,20 @@ fn encoder_and_decoder_reproduce_the_spec_vectors() {
         ("reject_2", frame(REJECT, &[2, 0]), "BadLength"),
         ("reject_reason_201", reject(3, 0, &"x".repeat(201)), "BadLength"),
         ("reject_not_utf8", frame(REJECT, &[3, 0, 0, 0xff]), "ReasonNotUtf8"),
+        ("join_31", frame(JOIN, &lobby[..31]), "BadLength"),
+        (
+            "members_49",
+            frame(MEMBERS, &[&lobby[..], &unhex(&vector_hex(&v2, "peers_fifty"))[5..54]].concat()),
+            "BadLength",
+        ),
+        // 4.14 calls this "the same head" as `message`, but its signature is that of an empty
+        // payload (the head of the MESSAGE "hello, room" would differ in the signature).
+        (
+            "message_144",
+            frame(MESSAGE, &origin.room_message(&lobby, &msg_id, 8, b"")[5..4 + MESSAGE_HEAD]),
+            "BadLength",
+        ),
+        ("direct_too_large", direct(&lobby, &msg_id, &[b'a'; MAX_ROOM_PAYLOAD + 1]), "BadLength"),
     ];
     let mut invalid_names = HashSet::new();
     for (name, ours, error) in &invalid {
@@ -110,8 +162,9 @@ fn encoder_and_decoder_reproduce_the_spec_vectors() {
         assert_eq!(v["valid"], false, "{name}");
         assert_eq!(v["error"], *error, "{name}: the fixture's error");
         let fixture = v["hex"].as_str().unwrap();
-        // The content of peers_49 and peers_51_entries is not described beyond their lengths.
-        if !["peers_49", "peers_51_entries", "reject_reason_201"].contains(name) {
+        // The content of peers_49, peers_51_entries, members_49 and direct_too_large is not
+        // described beyond their lengths.
+        if !["peers_49", "peers_51_entries", "reject_reason_201", "members_49", "direct_too_large"].contains(name) {
             assert_eq!(hex(ours), fixture, "invalid v2 vector {name}: our encoding of its note");
         }
         assert_eq!(decode_frames(ours).err(), Some(*error), "invalid v2 vector {name}, ours");
@@ -123,7 +176,11 @@ fn encoder_and_decoder_reproduce_the_spec_vectors() {
             assert!(invalid_names.contains(name), "invalid v2 vector {name} is not checked by this test");
         }
     }
-    // Section 3 quotes these (v1 vectors) as invalid in v2 too.
+    // Section 3's invalid examples, as it quotes them (v1 vectors, and v2 ones; message_144 in 4.14).
+    let join_31 = "00000020096580e362b37f6f807d9d3db28cca8210eb95034acae079062c7bbb36a768cf";
+    let message_144 = "000000910c6580e362b37f6f807d9d3db28cca8210eb95034acae079062c7bbb36a768cf91000102030405060708090a0b0c0d0e0fed4928c628d1c2c6eae90338905995612959273a5c63f93636c14614ac8737d108d69e94f2af2e4df3d4e03a09daa0bbcd27b0ce7243776b78dbc7f423447ab60b34ebcab5883cacabdc5401442e00115ec4e5774f8c7825eb3a8b7cba5662b0";
+    assert_eq!(join_31, vector_hex(&v2, "join_31"), "section 3 quotes other bytes than the fixture");
+    assert_eq!(message_144, vector_hex(&v2, "message_144"), "4.14 quotes other bytes than the fixture");
     for (hex_, error) in [
         ("0010002201", "TooLong"),
         ("0000002000262f0d56e252a408a2cd66e65f1b32cca3633518067a7a773ab27184979893", "BadLength"),
@@ -135,9 +192,29 @@ fn encoder_and_decoder_reproduce_the_spec_vectors() {
         ("0000002605262f0d56e252a408a2cd66e65f1b32cca3633518067a7a773ab271849798932afffffff980", "BitfieldRange"),
         ("00000003070200", "BadLength"),
         ("0000000507030000ff", "ReasonNotUtf8"),
+        (join_31, "BadLength"),
+        (message_144, "BadLength"),
     ] {
         assert_eq!(decode_frames(&unhex(hex_)).err(), Some(error), "section 3 invalid example {hex_}");
     }
+
+    // Types 14 to 255 are unknown (section 3): any length up to the maximum `L` is valid framing.
+    for ty in [14u8, 200, 255] {
+        for body in [&[][..], &[0; 31][..], &vec![0; MAX_L - 1][..]] {
+            assert!(decode_frames(&frame(ty, body)).is_ok(), "type {ty} with a body of {} bytes", body.len());
+        }
+        assert_eq!(decode_frames(&frame(ty, &vec![0; MAX_L])).err(), Some("TooLong"), "type {ty}");
+    }
+
+    // Section 3's upper bounds for MEMBERS and MESSAGE, which no vector reaches: 50 entries,
+    // 65,536 bytes of payload.
+    let sig = [0; 64];
+    assert!(decode_frames(&members(&lobby, &fifty)).is_ok());
+    assert_eq!(decode_frames(&members(&lobby, &[&fifty[..], &fifty[..1]].concat())).err(), Some("BadLength"));
+    let largest = vec![b'a'; MAX_ROOM_PAYLOAD];
+    assert!(decode_frames(&message(&lobby, &msg_id, &id_of(3), 0, &sig, &largest)).is_ok());
+    let over = vec![b'a'; MAX_ROOM_PAYLOAD + 1];
+    assert_eq!(decode_frames(&message(&lobby, &msg_id, &id_of(3), 0, &sig, &over)).err(), Some("BadLength"));
 
     // The frame types version 2 did not change: the v1 vectors, and the v1 layouts of appendix A
     // for the four that changed.

@@ -53,6 +53,12 @@ const SPEC_BITFIELD_HEAD: usize = 36;
 const SPEC_REJECT_HEAD: usize = 3;
 /// Section 4.8: a REJECT reason is at most 200 bytes.
 const SPEC_MAX_REASON: usize = 200;
+/// Section 4.14: room, id, origin, hops, signature.
+const SPEC_MESSAGE_HEAD: usize = 145;
+/// Section 4.15: room and id.
+const SPEC_DIRECT_HEAD: usize = 48;
+/// Sections 4.14 and 4.15: the largest payload.
+const SPEC_MAX_PAYLOAD: usize = 65_536;
 /// Section 6: a file name is at most 255 bytes.
 const SPEC_MAX_NAME: usize = 255;
 /// Section 6: piece size.
@@ -174,6 +180,14 @@ fn spec_verdict(b: &[u8]) -> Verdict {
             }
         }
         6 => body.len() == 36,
+        9 | 10 => body.len() == 32,
+        11 => {
+            body.len() >= 32
+                && (body.len() - 32) % SPEC_PEER_ENTRY == 0
+                && (body.len() - 32) / SPEC_PEER_ENTRY <= SPEC_MAX_PEERS
+        }
+        12 => (SPEC_MESSAGE_HEAD..=SPEC_MESSAGE_HEAD + SPEC_MAX_PAYLOAD).contains(&body.len()),
+        13 => (SPEC_DIRECT_HEAD..=SPEC_DIRECT_HEAD + SPEC_MAX_PAYLOAD).contains(&body.len()),
         7 => {
             (SPEC_REJECT_HEAD..=SPEC_REJECT_HEAD + SPEC_MAX_REASON).contains(&body.len())
                 && std::str::from_utf8(&body[SPEC_REJECT_HEAD..]).is_ok()

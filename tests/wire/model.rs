@@ -297,6 +297,13 @@ pub fn hello_signature(identity_secret: &[u8; 32], handshake_hash: &[u8; 32]) ->
     key.sign(&[&b"pex/2 hello"[..], handshake_hash].concat()).to_bytes()
 }
 
+/// A room MESSAGE signature: over "pex/2 room message", room, id, payload.
+pub fn room_signature(identity_secret: &[u8; 32], room: &[u8; 32], id: &[u8; 16], payload: &[u8]) -> [u8; 64] {
+    use ed25519_dalek::Signer;
+    let key = ed25519_dalek::SigningKey::from_bytes(identity_secret);
+    key.sign(&[&b"pex/2 room message"[..], room, id, payload].concat()).to_bytes()
+}
+
 /// The node id of an identity secret: its Ed25519 public key.
 pub fn node_id(identity_secret: &[u8; 32]) -> [u8; 32] {
     ed25519_dalek::SigningKey::from_bytes(identity_secret).verifying_key().to_bytes()

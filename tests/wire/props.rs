@@ -142,7 +142,22 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             reason
         }),
         arb_hash().prop_map(Frame::Cancel),
-        (9u8..=255, arb_bytes(SPEC_MAX_L - 1)).prop_map(|(kind, body)| Frame::Unknown { kind, body }),
+        arb_hash().prop_map(Frame::Join),
+        arb_hash().prop_map(Frame::Leave),
+        (arb_hash(), vec(arb_peer(), 0..=SPEC_MAX_PEERS)).prop_map(|(room, members)| Frame::Members { room, members }),
+        (arb_hash(), any::<[u8; 16]>(), arb_hash(), any::<u8>(), any::<[u8; 32]>(), arb_bytes(SPEC_MAX_PAYLOAD))
+            .prop_map(|(room, id, origin, hops, half, payload)| {
+                let mut signature = [0u8; 64];
+                signature[..32].copy_from_slice(&half);
+                signature[32..].copy_from_slice(&origin.0);
+                Frame::Message(pex::wire::RoomMessage { room, id, origin: NodeId(origin.0), hops, signature, payload })
+            }),
+        (arb_hash(), any::<[u8; 16]>(), arb_bytes(SPEC_MAX_PAYLOAD)).prop_map(|(room, id, payload)| Frame::Direct {
+            room,
+            id,
+            payload
+        }),
+        (14u8..=255, arb_bytes(SPEC_MAX_L - 1)).prop_map(|(kind, body)| Frame::Unknown { kind, body }),
     ]
 }
 

@@ -145,6 +145,15 @@ fn id(secret: u8) -> [u8; 32] {
     model::node_id(&[secret; 32])
 }
 
+/// The message id of the room vectors: 00 01 … 0f.
+const MESSAGE_ID: [u8; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+
+/// A MESSAGE body from the identity of secret 03…03 (whose node id is `origin`), signed by the model.
+fn message_body(room: &[u8; 32], origin: &[u8; 32], hops: u8, payload: &[u8]) -> Vec<u8> {
+    let sig = model::room_signature(&connection::THIRD, room, &MESSAGE_ID, payload);
+    [&room[..], &MESSAGE_ID, origin, &[hops], &sig, payload].concat()
+}
+
 fn valid(name: &str, frame: Vec<u8>, note: &str) -> Vector {
     Vector { name: name.into(), valid: true, hex: to_hex(&frame), note: note.into(), error: None }
 }
@@ -186,6 +195,7 @@ pub fn build_fixture(conn: &ConnectionFixture) -> VectorsFixture {
     let third = connection::third_entry();
     let fifty: Vec<u8> = (0..50).flat_map(fifty_entry).collect();
     let fifty_one: Vec<u8> = (0..51).flat_map(fifty_entry).collect();
+    let lobby = model::sha256(&[b"pex-room", b"lobby"]);
     let vectors = vec![
         valid(
             "hello",
@@ -255,6 +265,31 @@ pub fn build_fixture(conn: &ConnectionFixture) -> VectorsFixture {
             "REJECT(6) with retry-after 10 s, what pex sends when shutting down",
         ),
         valid("reject_empty", raw_frame(7, &reject_body(1, 0, b"")), "REJECT(1), retry-after 0, empty reason"),
+        valid("join", raw_frame(9, &lobby), "JOIN room \"lobby\": its id SHA-256(\"pex-room\" || \"lobby\")"),
+        valid("leave", raw_frame(10, &lobby), "LEAVE room \"lobby\""),
+        valid(
+            "members_one",
+            raw_frame(11, &[&lobby[..], &entry(&third.node_id.0, mapped([192, 0, 2, 7]), 9000)].concat()),
+            "MEMBERS of room \"lobby\": node ed4928c6…37d1 (secret 03…03) at 192.0.2.7:9000",
+        ),
+        valid("members_none", raw_frame(11, &lobby), "MEMBERS of room \"lobby\" with no entries"),
+        valid(
+            "message",
+            raw_frame(12, &message_body(&lobby, &third.node_id.0, 8, b"hello, room")),
+            "MESSAGE to room \"lobby\": id 00 01 … 0f, origin ed4928c6…37d1 (secret 03…03), 8 hops left, \
+             its signature by that key over \"pex/2 room message\" || room || id || payload, payload \
+             \"hello, room\"",
+        ),
+        valid(
+            "direct",
+            raw_frame(13, &[&lobby[..], &MESSAGE_ID, &b"hi there"[..]].concat()),
+            "DIRECT in room \"lobby\": id 00 01 … 0f, payload \"hi there\"",
+        ),
+        valid(
+            "direct_largest",
+            raw_frame(13, &[&lobby[..], &MESSAGE_ID, &[0x61; 65_536][..]].concat()),
+            "DIRECT with the largest payload, 65,536 bytes of \"a\"",
+        ),
         invalid("hello_102", raw_frame(3, &hello[..102]), "BadLength", "HELLO body of 102 bytes"),
         invalid("hello_104", raw_frame(3, &[&hello[..], &[0]].concat()), "BadLength", "HELLO body of 104 bytes"),
         invalid(
@@ -301,6 +336,26 @@ pub fn build_fixture(conn: &ConnectionFixture) -> VectorsFixture {
             "BITFIELD from piece 4,294,967,289 with one byte of bits: its last bit would be piece 2^32",
         ),
         invalid("reject_2", raw_frame(7, &[2, 0]), "BadLength", "REJECT body of 2 bytes"),
+        invalid("join_31", raw_frame(9, &lobby[..31]), "BadLength", "JOIN body of 31 bytes"),
+        invalid(
+            "members_49",
+            raw_frame(11, &[&lobby[..], &fifty[..49]].concat()),
+            "BadLength",
+            "MEMBERS body of 32 + 49 bytes",
+        ),
+        invalid(
+            "message_144",
+            raw_frame(12, &message_body(&lobby, &third.node_id.0, 8, b"")[..144]),
+            "BadLength",
+            "MESSAGE body of 144 bytes: the head of a MESSAGE with an empty payload (signed as such) from the \
+             same origin, one byte short",
+        ),
+        invalid(
+            "direct_too_large",
+            raw_frame(13, &[&lobby[..], &MESSAGE_ID, &[0x61; 65_537][..]].concat()),
+            "BadLength",
+            "DIRECT with a payload of 65,537 bytes, one over the limit",
+        ),
         invalid(
             "reject_reason_201",
             raw_frame(7, &reject_body(3, 0, &[b'a'; 201])),
@@ -382,6 +437,21 @@ fn v2_vectors_mean_what_their_notes_say() {
             at(model::sha256(&[b"peer", &[i]]), &addr)
         })
         .collect();
+    let lobby = pex::wire::room_id("lobby");
+    let third = model::node_id(&[3; 32]);
+    let third = (third, NodeId(third));
+    let message = pex::wire::RoomMessage {
+        room: lobby,
+        id: MESSAGE_ID,
+        origin: third.1,
+        hops: 8,
+        signature: pex::identity::Identity::from_secret([3; 32]).sign_room_message(
+            &lobby.0,
+            &MESSAGE_ID,
+            b"hello, room",
+        ),
+        payload: Bytes::from_static(b"hello, room"),
+    };
     let expected: Vec<(&str, Frame)> = vec![
         ("hello", Frame::Hello(hello)),
         ("hello_not_listening", Frame::Hello(Hello { listen_port: 0, flags: 0, ..hello })),
@@ -397,7 +467,21 @@ fn v2_vectors_mean_what_their_notes_say() {
         ("reject_full", Frame::reject_retry(RejectCode::PeerLimit, 5, "peer limit reached")),
         ("reject_shutdown", Frame::reject_retry(RejectCode::ShuttingDown, 10, "shutting down")),
         ("reject_empty", Frame::Reject { code: 1, retry_after: 0, reason: String::new() }),
+        ("join", Frame::Join(lobby)),
+        ("leave", Frame::Leave(lobby)),
+        ("members_one", Frame::Members { room: lobby, members: vec![at(third.0, "192.0.2.7:9000")] }),
+        ("members_none", Frame::Members { room: lobby, members: vec![] }),
+        ("message", Frame::Message(message.clone())),
+        ("direct", Frame::Direct { room: lobby, id: MESSAGE_ID, payload: Bytes::from_static(b"hi there") }),
+        ("direct_largest", Frame::Direct { room: lobby, id: MESSAGE_ID, payload: Bytes::from(vec![b'a'; 65_536]) }),
     ];
+    // The MESSAGE vector is signed by its origin over its room, id and payload, and only those.
+    let verify = |m: &pex::wire::RoomMessage| {
+        pex::identity::verify_room_message(&m.origin, &m.room.0, &m.id, &m.payload, &m.signature)
+    };
+    assert!(verify(&message));
+    assert!(!verify(&pex::wire::RoomMessage { payload: Bytes::from_static(b"hello, roon"), ..message.clone() }));
+    assert!(!verify(&pex::wire::RoomMessage { room: pex, ..message.clone() }));
     let all = fixtures::vectors().vectors;
     assert_eq!(all.iter().filter(|v| v.valid).count(), expected.len(), "every valid vector has its meaning here");
     for (name, frame) in expected {
@@ -443,6 +527,13 @@ fn docs_protocol_md_quotes_the_vectors_it_names() {
         "reject_empty",
         "reject_2",
         "reject_not_utf8",
+        "join",
+        "leave",
+        "members_one",
+        "message",
+        "direct",
+        "join_31",
+        "message_144",
     ];
     for name in quoted_v2 {
         let v = v2.vectors.iter().find(|v| v.name == name).unwrap();
