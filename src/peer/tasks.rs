@@ -204,7 +204,7 @@ async fn write_loop<H: Handler>(
             },
         };
         let written = tokio::select! {
-            _ = conn.close.cancelled() => return None,
+            _ = conn.close.cancelled() => None,
             r = async {
                 match (&frame, &answer) {
                     (Some(frame), _) => writer.write_frame_within(frame, None, Some(write_timeout)).await,
@@ -213,14 +213,17 @@ async fn write_loop<H: Handler>(
                     }
                     (None, None) => Ok(()),
                 }
-            } => r,
+            } => Some(r),
         };
-        if let Err(e) = written {
+        if !matches!(written, Some(Ok(()))) {
+            // Not sent after all: others may have the blob at once.
             if let Some((hash, ..)) = answer {
                 handler.uploads().finished(hash, 0, start.into_std(), start.into_std());
             }
-            tracing::debug!(peer = %conn.addr, "write failed: {}", crate::text::io_message(&e));
-            conn.close(None);
+            if let Some(Err(e)) = written {
+                tracing::debug!(peer = %conn.addr, "write failed: {}", crate::text::io_message(&e));
+                conn.close(None);
+            }
             return None;
         }
         last_write = Instant::now();
