@@ -13,6 +13,8 @@ use std::path::Path;
 pub const HELLO_CONTEXT: &[u8; 11] = b"pex/2 hello";
 /// What a room MESSAGE signature covers before the room, the id and the payload.
 pub const ROOM_CONTEXT: &[u8; 18] = b"pex/2 room message";
+/// What a room PRESENCE signature signs before the room, sequence and state (docs/PROTOCOL.md 4.16).
+pub const PRESENCE_CONTEXT: &[u8; 19] = b"pex/2 room presence";
 /// Length of an Ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
 
@@ -52,6 +54,11 @@ impl Identity {
     /// The signature a room MESSAGE from this node carries (docs/PROTOCOL.md 4.14).
     pub fn sign_room_message(&self, room: &[u8; 32], id: &[u8; 16], payload: &[u8]) -> [u8; SIGNATURE_LEN] {
         self.key.sign(&room_message(room, id, payload)).to_bytes()
+    }
+
+    /// The signature a room PRESENCE from this node carries (docs/PROTOCOL.md 4.16).
+    pub fn sign_presence(&self, room: &[u8; 32], seq: u64, state: u8) -> [u8; SIGNATURE_LEN] {
+        self.key.sign(&presence_message(room, seq, state)).to_bytes()
     }
 
     /// Reads the identity kept at `path`, creating it (mode 0600) on first use.
@@ -136,6 +143,25 @@ pub fn verify_room_message(
         return false;
     };
     key.verify_strict(&room_message(room, id, payload), &Signature::from_bytes(signature)).is_ok()
+}
+
+/// The bytes a PRESENCE signature signs: [`PRESENCE_CONTEXT`], room, seq (big-endian), state.
+fn presence_message(room: &[u8; 32], seq: u64, state: u8) -> [u8; 60] {
+    let mut m = [0u8; 60];
+    m[..19].copy_from_slice(PRESENCE_CONTEXT);
+    m[19..51].copy_from_slice(room);
+    m[51..59].copy_from_slice(&seq.to_be_bytes());
+    m[59] = state;
+    m
+}
+
+/// Whether `signature` is `origin`'s signature of a room PRESENCE with this
+/// room, sequence and state (strict verification, as for HELLO).
+pub fn verify_presence(origin: &NodeId, room: &[u8; 32], seq: u64, state: u8, signature: &[u8; SIGNATURE_LEN]) -> bool {
+    let Ok(key) = VerifyingKey::from_bytes(&origin.0) else {
+        return false;
+    };
+    key.verify_strict(&presence_message(room, seq, state), &Signature::from_bytes(signature)).is_ok()
 }
 
 /// Whether `signature` is `node_id`'s HELLO signature for this handshake hash.

@@ -20,7 +20,8 @@
 //! - [`connection`]: framed I/O over a socket;
 //! - [`peer`]: one connection, talking to its owner through a trait;
 //! - [`fetch`]: the download engine, talking to the swarm through a trait;
-//! - [`node`]: listener, registry, peer exchange, bans, shutdown;
+//! - [`node`]: listener, registry, peer exchange, bans, shutdown, and
+//!   rooms ([`Room`]: a partial mesh per topic, signed broadcasts, direct messages);
 //! - the `pex` binary (CLI) on top.
 
 #![warn(missing_docs)]
@@ -58,6 +59,7 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub use fetch::{FetchError, FetchOptions, FetchOutcome, Progress};
 pub use hash::{Hash, NodeId};
+pub use node::rooms::{Room, RoomError, RoomEvent, RoomOptions, RoomStats};
 pub use node::{Config, Node, NodeStats};
 pub use timeouts::Timeouts;
 

@@ -66,6 +66,7 @@ pub async fn run(command: Command, quiet: bool) -> Result<i32> {
         Command::Id { data_dir, json } => id(data_dir, json),
         Command::Ticket { root, listen, data_dir } => ticket(root, listen, data_dir),
         Command::Demo { size } => demo(size, quiet, token).await,
+        Command::Chat { room, node } => super::chat::chat(room, node, quiet, token).await,
     }
 }
 
@@ -101,10 +102,21 @@ pub(super) async fn start_node(
     quiet: bool,
     token: CancellationToken,
 ) -> Result<Node> {
+    start_node_with(args, default_listen, quiet, token, |_| {}).await
+}
+
+/// [`start_node`] with the configuration changed by `adjust` before the node starts.
+pub(super) async fn start_node_with(
+    args: &NodeArgs,
+    default_listen: &str,
+    quiet: bool,
+    token: CancellationToken,
+    adjust: impl FnOnce(&mut Config),
+) -> Result<Node> {
     let dir = args.data_dir.clone().unwrap_or_else(DataDir::default_path);
     let data_dir = DataDir::open(&dir).map_err(|e| anyhow!("{}", io_message(&e)))?;
     let default: SocketAddr = default_listen.parse()?;
-    let config = Config {
+    let mut config = Config {
         listen: Some(args.listen.unwrap_or(default)),
         max_peers: args.max_peers.max(1),
         pex: !args.no_pex,
@@ -120,7 +132,9 @@ pub(super) async fn start_node(
             port: args.dht_port,
             state: Some(data_dir.path().join("dht-nodes.json")),
         }),
+        dial_learned: true,
     };
+    adjust(&mut config);
     let node = Node::start(config, Some(data_dir), token).await?;
     if let (Some(port), false) = (node.dht_port(), quiet) {
         eprintln!("DHT node on UDP port {port}");

@@ -5,6 +5,7 @@
 //! hash, `--peer` or `--listen`), 130 interrupted by Ctrl-C or SIGTERM.
 
 mod addrs;
+mod chat;
 mod commands;
 mod folders;
 mod ui;
@@ -116,6 +117,15 @@ enum Command {
         /// Print {"node_id": ...} as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Join a room: lines read from stdin are broadcast to its members,
+    /// `/msg NODEID text` sends to one member (`/members` lists them);
+    /// messages print on stdout as `<short id> text`, joins and leaves on stderr.
+    Chat {
+        /// The room's name: nodes that join the same name meet.
+        room: String,
+        #[command(flatten)]
+        node: NodeArgs,
     },
     /// Show pex working: seed a generated file and fetch it through a second node on [::1].
     Demo {

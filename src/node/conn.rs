@@ -234,6 +234,7 @@ async fn admit(
     let run = hs.start(conn.clone(), outbox, shared.clone(), &shared.config.timeouts, permit);
     shared.tasks.spawn(run);
     shared.routes.peer_joined(&conn);
+    shared.rooms_peer_joined(&conn);
     Ok(())
 }
 
@@ -288,12 +289,7 @@ impl Handler for Shared {
     }
 
     fn on_room(&self, conn: &Arc<PeerConn>, frame: Frame) -> Result<(), PeerError> {
-        // This node is a member of no room: it declines every JOIN and ignores
-        // what is sent to rooms it is not in.
-        if let Frame::Join(room) = frame {
-            conn.send(Frame::Leave(room));
-        }
-        Ok(())
+        self.room_frame(conn, frame)
     }
 
     fn on_transfer(&self, up: u64, down: u64) {
@@ -308,6 +304,7 @@ impl Handler for Shared {
         }
         self.registry.remove(conn);
         self.routes.peer_left(conn.conn_id);
+        self.rooms_peer_left(conn.conn_id);
         // The address we would dial it at: redials back off after a bad ending.
         let addr = match conn.direction {
             Direction::Outbound => Some(conn.addr),

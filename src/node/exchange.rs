@@ -62,7 +62,7 @@ pub(super) async fn connect_loop(shared: Arc<Shared>) {
         let due = {
             let mut table = shared.exchange.table();
             table.prune();
-            table.due(Instant::now(), shared.config.pex)
+            table.due(Instant::now(), shared.config.pex && shared.config.dial_learned)
         };
         for addr in due {
             if shared.should_skip_dial(&addr) {
@@ -77,22 +77,7 @@ pub(super) async fn connect_loop(shared: Arc<Shared>) {
                 continue;
             }
             let Ok(permit) = shared.slots.clone().try_acquire_owned() else { break };
-            lock(&shared.exchange.dialing).insert(addr);
-            let shared2 = shared.clone();
-            shared.tasks.spawn(async move {
-                match conn::dial(&shared2, addr, permit).await {
-                    Ok(()) | Err(PeerError::Duplicate(_)) | Err(PeerError::SelfConnection) => {}
-                    Err(e) => {
-                        tracing::debug!(peer = %addr, "dial failed: {e}");
-                        let mut table = shared2.exchange.table();
-                        table.failed(addr, e.to_string());
-                        if let PeerError::Rejected { retry_after, .. } = e {
-                            table.retry_after(addr, retry_after);
-                        }
-                    }
-                }
-                lock(&shared2.exchange.dialing).remove(&addr);
-            });
+            shared.spawn_dial(addr, permit);
         }
     }
 }
@@ -119,7 +104,38 @@ pub(super) async fn peers_loop(shared: Arc<Shared>) {
 }
 
 impl Shared {
-    fn should_skip_dial(&self, addr: &SocketAddr) -> bool {
+    /// Dials `addr` in the background with a connection slot already taken,
+    /// recording a failure (and a REJECT's retry-after) in the table.
+    pub(super) fn spawn_dial(self: &Arc<Self>, addr: SocketAddr, permit: tokio::sync::OwnedSemaphorePermit) {
+        lock(&self.exchange.dialing).insert(addr);
+        let shared = self.clone();
+        self.tasks.spawn(async move {
+            match conn::dial(&shared, addr, permit).await {
+                Ok(()) | Err(PeerError::Duplicate(_)) | Err(PeerError::SelfConnection) => {}
+                Err(e) => {
+                    tracing::debug!(peer = %addr, "dial failed: {e}");
+                    if let PeerError::Rejected { code: 2, .. } = e {
+                        shared.rooms_full(addr);
+                    }
+                    let mut table = shared.exchange.table();
+                    table.failed(addr, e.to_string());
+                    if let PeerError::Rejected { retry_after, .. } = e {
+                        table.retry_after(addr, retry_after);
+                    }
+                }
+            }
+            lock(&shared.exchange.dialing).remove(&addr);
+        });
+    }
+
+    /// Dials `addr` now if a connection slot is free (a room wants the node there).
+    pub(super) fn dial_now(self: &Arc<Self>, addr: SocketAddr) {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            self.spawn_dial(addr, permit);
+        }
+    }
+
+    pub(super) fn should_skip_dial(&self, addr: &SocketAddr) -> bool {
         if lock(&self.exchange.dialing).contains(addr) || self.bans.has_addr(addr) || undialable(addr).is_some() {
             return true;
         }

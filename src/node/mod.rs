@@ -11,6 +11,7 @@ mod exchange;
 mod folder;
 mod memory;
 mod registry;
+pub mod rooms;
 
 use crate::datadir::{DataDir, SeedRecord};
 pub use folder::{SeededFolder, FILES_AT_ONCE};
@@ -64,6 +65,11 @@ pub struct Config {
     pub lan: bool,
     /// Run a Mainline DHT node (`--dht`): announce what this node holds, look up what it fetches.
     pub dht: Option<crate::discovery::dht::DhtConfig>,
+    /// Dial the addresses learned by peer exchange (a swarm wants as many peers as
+    /// it can get). Off for a node that only talks in rooms: it dials only the
+    /// `--peer` nodes and the members its rooms pick, so a room of thousands
+    /// stays a partial mesh.
+    pub dial_learned: bool,
 }
 
 impl Default for Config {
@@ -78,6 +84,7 @@ impl Default for Config {
             remember: true,
             lan: false,
             dht: None,
+            dial_learned: true,
         }
     }
 }
@@ -131,6 +138,7 @@ pub(crate) struct Shared {
     bans: Bans,
     routes: Routes,
     totals: Totals,
+    rooms: rooms::Rooms,
 }
 
 /// A file being served after [`Node::seed_file`].
@@ -222,6 +230,7 @@ impl Node {
             bans: Bans::default(),
             routes: Routes::default(),
             totals: Totals::default(),
+            rooms: rooms::Rooms::default(),
         });
         if let Some(listener) = listener {
             shared.tasks.spawn(conn::accept_loop(shared.clone(), listener));
@@ -230,6 +239,7 @@ impl Node {
         shared.tasks.spawn(exchange::peers_loop(shared.clone()));
         shared.tasks.spawn(remember_loop(shared.clone()));
         shared.tasks.spawn(discover::announce_loop(shared.clone()));
+        shared.tasks.spawn(rooms::room_loop(shared.clone()));
         Ok(Node { shared })
     }
 

@@ -90,6 +90,12 @@ impl Registry {
         lock(&self.0).by_node.contains_key(id)
     }
 
+    /// The live connection to `id`, if any.
+    pub fn by_node(&self, id: &NodeId) -> Option<Arc<PeerConn>> {
+        let reg = lock(&self.0);
+        reg.by_node.get(id).and_then(|c| reg.by_conn.get(c)).cloned()
+    }
+
     /// Whether some connection comes from `addr`.
     pub fn has_addr(&self, addr: &SocketAddr) -> bool {
         lock(&self.0).by_conn.values().any(|c| c.addr == *addr)

@@ -167,7 +167,8 @@ async fn read_loop<H: Handler>(
             | Frame::Leave(_)
             | Frame::Members { .. }
             | Frame::Message(_)
-            | Frame::Direct { .. }) => handler.on_room(conn, room)?,
+            | Frame::Direct { .. }
+            | Frame::Presence(_)) => handler.on_room(conn, room)?,
         }
     }
 }

@@ -8,7 +8,7 @@
 
 mod room;
 
-pub use room::{room_id, RoomMessage, MAX_PAYLOAD, MESSAGE_ID_LEN};
+pub use room::{room_id, Presence, RoomMessage, MAX_PAYLOAD, MESSAGE_ID_LEN, PRESENCE_HERE, PRESENCE_LEAVING};
 
 use crate::hash::{Hash, NodeId};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -69,6 +69,8 @@ pub mod kind {
     pub const MESSAGE: u8 = 12;
     /// A message to the node at the other end of this connection.
     pub const DIRECT: u8 = 13;
+    /// A member's signed presence (here, or leaving), flooded through a room.
+    pub const PRESENCE: u8 = 14;
 }
 
 /// REJECT codes: why a node closes a connection.
@@ -204,6 +206,8 @@ pub enum Frame {
         /// At most [`MAX_PAYLOAD`] bytes.
         payload: Bytes,
     },
+    /// A member's signed presence in a room, flooded like a MESSAGE.
+    Presence(Presence),
     /// A type this version does not know; ignored by receivers.
     Unknown {
         /// The type byte.
@@ -280,6 +284,7 @@ impl Frame {
             Frame::Members { .. } => "MEMBERS",
             Frame::Message(_) => "MESSAGE",
             Frame::Direct { .. } => "DIRECT",
+            Frame::Presence(_) => "PRESENCE",
             Frame::Unknown { .. } => "UNKNOWN",
         }
     }

@@ -1,5 +1,5 @@
-//! The room frames (docs/PROTOCOL.md 4.11 to 4.15): JOIN, LEAVE, MEMBERS,
-//! MESSAGE and DIRECT, their layout and codec. What they mean to a node (the
+//! The room frames (docs/PROTOCOL.md 4.11 to 4.16): JOIN, LEAVE, MEMBERS,
+//! MESSAGE, DIRECT and PRESENCE, their layout and codec. What they mean to a node (the
 //! partial mesh, forwarding, duplicate suppression) lives above; the
 //! signature a MESSAGE carries is made and checked in `identity`.
 
@@ -16,6 +16,12 @@ pub const MESSAGE_ID_LEN: usize = 16;
 pub const MESSAGE_HEAD: usize = 32 + MESSAGE_ID_LEN + 32 + 1 + 64;
 /// Bytes of a DIRECT body before its payload: room and id.
 pub const DIRECT_HEAD: usize = 32 + MESSAGE_ID_LEN;
+/// Bytes of a PRESENCE body: room, origin, sequence, state, hops, signature.
+pub const PRESENCE_LEN: usize = 32 + 32 + 8 + 1 + 1 + 64;
+/// PRESENCE state: the origin is a member of the room.
+pub const PRESENCE_HERE: u8 = 0;
+/// PRESENCE state: the origin has left the room.
+pub const PRESENCE_LEAVING: u8 = 1;
 /// What a room id hashes before the room's name.
 pub const ROOM_PREFIX: &[u8; 8] = b"pex-room";
 
@@ -44,6 +50,25 @@ pub struct RoomMessage {
     pub payload: Bytes,
 }
 
+/// A member's signed "I am here" (or "I have left"), flooded through a room
+/// like a MESSAGE: how every member learns who is in the room and who is gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Presence {
+    /// The room it is for.
+    pub room: Hash,
+    /// The member it speaks for (its Ed25519 public key).
+    pub origin: NodeId,
+    /// Grows with every PRESENCE of one origin (pex uses the time in
+    /// milliseconds): an older or equal one is a repeat.
+    pub seq: u64,
+    /// [`PRESENCE_HERE`] or [`PRESENCE_LEAVING`]; other values are ignored by receivers.
+    pub state: u8,
+    /// How many more times it may be forwarded; not signed.
+    pub hops: u8,
+    /// The origin's Ed25519 signature over room, seq and state.
+    pub signature: [u8; 64],
+}
+
 /// The bytes of a room frame's body, for [`super::Frame::encode_head`].
 pub(super) fn body_len(frame: &super::Frame) -> Option<usize> {
     use super::Frame::*;
@@ -52,6 +77,7 @@ pub(super) fn body_len(frame: &super::Frame) -> Option<usize> {
         Members { members, .. } => 32 + members.len() * PEER_ENTRY_LEN,
         Message(m) => MESSAGE_HEAD + m.payload.len(),
         Direct { payload, .. } => DIRECT_HEAD + payload.len(),
+        Presence(_) => PRESENCE_LEN,
         _ => return None,
     })
 }
@@ -78,6 +104,14 @@ pub(super) fn encode(frame: &super::Frame, dst: &mut BytesMut) -> bool {
             super::put_hash(dst, kind::DIRECT, room);
             dst.put_slice(id);
             dst.put_slice(payload);
+        }
+        Presence(p) => {
+            super::put_hash(dst, kind::PRESENCE, &p.room);
+            dst.put_slice(&p.origin.0);
+            dst.put_u64(p.seq);
+            dst.put_u8(p.state);
+            dst.put_u8(p.hops);
+            dst.put_slice(&p.signature);
         }
         _ => return false,
     }
@@ -132,6 +166,18 @@ pub(super) fn decode(kind: u8, mut body: Bytes) -> Option<Result<super::Frame, F
             body.advance(DIRECT_HEAD);
             Frame::Direct { room, id, payload: body }
         }),
+        kind::PRESENCE => super::exact("PRESENCE", &body, PRESENCE_LEN, "138").map(|()| {
+            let mut signature = [0u8; 64];
+            signature.copy_from_slice(&body[74..138]);
+            Frame::Presence(Presence {
+                room: hash_at(&body),
+                origin: NodeId(hash_at(&body[32..]).0),
+                seq: u64::from_be_bytes(body[64..72].try_into().unwrap_or_default()),
+                state: body[72],
+                hops: body[73],
+                signature,
+            })
+        }),
         _ => return None,
     })
 }
@@ -162,6 +208,10 @@ mod tests {
             round_trip(&Frame::Message(m.clone()));
             round_trip(&Frame::Direct { room, id: [5; 16], payload: m.payload });
         }
+        for state in [PRESENCE_HERE, PRESENCE_LEAVING, 0xff] {
+            let p = Presence { room, origin: NodeId([8; 32]), seq: u64::MAX - 1, state, hops: 0, signature: [6; 64] };
+            round_trip(&Frame::Presence(p));
+        }
     }
 
     #[test]
@@ -169,11 +219,12 @@ mod tests {
         let mut cases: Vec<(u8, usize)> = vec![(9, 31), (9, 33), (10, 0), (11, 31), (11, 33), (11, 32 + 51 * 50)];
         cases.extend([(12, MESSAGE_HEAD - 1), (12, MESSAGE_HEAD + MAX_PAYLOAD + 1)]);
         cases.extend([(13, DIRECT_HEAD - 1), (13, DIRECT_HEAD + MAX_PAYLOAD + 1)]);
+        cases.extend([(14, PRESENCE_LEN - 1), (14, PRESENCE_LEN + 1), (14, 0)]);
         for (kind, len) in cases {
             let r = decode(kind, Bytes::from(vec![0u8; len])).expect("a room frame type");
             assert!(matches!(r, Err(FrameError::BadLength { .. })), "type {kind}, {len} bytes: {r:?}");
         }
-        assert!(decode(14, Bytes::new()).is_none(), "not a room frame");
+        assert!(decode(15, Bytes::new()).is_none(), "not a room frame");
     }
 
     #[test]
