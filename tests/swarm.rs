@@ -13,6 +13,8 @@ mod connections;
 mod dialling;
 #[path = "swarm/hostile.rs"]
 mod hostile;
+#[path = "swarm/rooms.rs"]
+mod rooms;
 #[path = "swarm/transfer.rs"]
 mod transfer;
 
