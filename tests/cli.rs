@@ -1,5 +1,6 @@
 //! The `pex` binary end to end: separate seeder and fetcher processes on [::1].
 
+mod chat;
 mod common;
 mod discovery;
 mod folders;

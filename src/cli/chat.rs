@@ -18,7 +18,9 @@ const MIN_PREFIX: usize = 4;
 
 /// Runs `pex chat`.
 pub async fn chat(name: String, args: NodeArgs, quiet: bool, token: CancellationToken) -> Result<i32> {
-    let node = start_node_with(&args, "[::]:0", quiet, token.clone(), |c| {
+    // The node gets a token of its own: Ctrl-C first leaves the room (the
+    // members hear it at once), then shuts the node down.
+    let node = start_node_with(&args, "[::]:0", quiet, CancellationToken::new(), |c| {
         // A room node dials the members its mesh picks, not every address
         // peer exchange teaches, and has no content to find on the LAN or DHT.
         c.dial_learned = false;
@@ -29,10 +31,12 @@ pub async fn chat(name: String, args: NodeArgs, quiet: bool, token: Cancellation
     let mut room = node.join_room(&name)?;
     let id = node.id();
     if !quiet {
-        let at = node.local_addr().map_or("?".into(), |a| a.to_string());
-        let port = node.local_addr().map_or(0, |a| a.port());
+        let listen = node.local_addr();
+        let at = listen.map_or("?".into(), |a| a.to_string());
         say(true, format!("joined room {} as {} on {at}; Ctrl-C to leave", clean(&name, 60), id.short()));
-        say(true, format!("others join with: pex chat {} --peer {id}@[::1]:{port}", clean(&name, 60)));
+        if let Some(addr) = listen.and_then(|l| super::addrs::reachable(l).into_iter().next()) {
+            say(true, format!("others join with: pex chat {} --peer {id}@{addr}", clean(&name, 60)));
+        }
     }
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut reading = true;

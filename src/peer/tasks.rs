@@ -28,6 +28,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+/// Control frames a closing connection still writes, at most, before its last frame.
+const MAX_DRAINED: usize = 64;
+
 /// A connection's queue of ASKs to answer, bounded by permits.
 struct AskQueue {
     queue: Mutex<VecDeque<(Hash, OwnedSemaphorePermit)>>,
@@ -187,7 +190,21 @@ async fn write_loop<H: Handler>(
     loop {
         let next = tokio::select! {
             biased;
-            _ = conn.close.cancelled() => return Some(writer),
+            _ = conn.close.cancelled() => {
+                // What was queued before the close still goes out first (a room's
+                // LEAVE and "leaving" PRESENCE before a shutdown's REJECT), within the linger.
+                let drain = async {
+                    for _ in 0..MAX_DRAINED {
+                        let Ok(f) = ctrl_rx.try_recv() else { return true };
+                        if writer.write_frame(&f, None).await.is_err() {
+                            return false;
+                        }
+                    }
+                    true
+                };
+                let drained = tokio::time::timeout(super::LINGER, drain).await.unwrap_or(false);
+                return drained.then_some(writer);
+            }
             f = ctrl_rx.recv() => match f { Some(f) => Ok(f), None => return Some(writer) },
             ask = asks.pop(handler.uploads()) => Err(ask),
             _ = tokio::time::sleep_until(last_write + keepalive) => Ok(Frame::KeepAlive),

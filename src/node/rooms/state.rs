@@ -337,9 +337,9 @@ impl RoomState {
         true
     }
 
-    /// Time passed: forgets old message ids, gives up unanswered JOINs,
-    /// reports members silent for longer than `idle` as left, and keeps live
-    /// neighbours heard.
+    /// Time passed: forgets old message ids, gives up unanswered JOINs, and
+    /// reports as left the members that have signed nothing (PRESENCE, MESSAGE)
+    /// and sent no JOIN for longer than `idle`.
     pub fn expire(&mut self, idle: Duration, now: Instant) {
         while let Some((at, o, i)) = self.seen_order.front().copied() {
             if now.saturating_duration_since(at) < SEEN_FOR {
@@ -361,11 +361,6 @@ impl RoomState {
         }
         self.declined.retain(|_, t| now.saturating_duration_since(*t) < DECLINED_FOR);
         self.dialling.retain(|_, t| now.saturating_duration_since(*t) < JOIN_PATIENCE);
-        let live: Vec<(NodeId, Option<SocketAddr>)> =
-            self.neighbours().filter(|c| !c.is_closed()).map(|c| (c.node_id, c.listen_addr)).collect();
-        for (id, addr) in live {
-            self.heard(id, addr, now);
-        }
         let mut left = Vec::new();
         for (id, m) in self.members.iter_mut() {
             if m.present && m.heard.is_some_and(|h| now.saturating_duration_since(h) > idle) {
