@@ -121,8 +121,16 @@ fn one_of_each() -> Vec<Frame> {
             payload: Bytes::from_static(b"hello, room"),
         }),
         Frame::Direct { room: h, id: [5; 16], payload: Bytes::new() },
+        Frame::Presence(crate::wire::Presence {
+            room: h,
+            origin: NodeId([4; 32]),
+            seq: 1 << 40,
+            state: 1,
+            hops: 3,
+            signature: [5; 64],
+        }),
         Frame::Unknown { kind: 200, body: Bytes::from_static(b"future") },
-        Frame::Unknown { kind: 14, body: Bytes::new() },
+        Frame::Unknown { kind: 15, body: Bytes::new() },
     ]
 }
 
@@ -145,7 +153,18 @@ fn every_frame_type_has_its_documented_name() {
         (Frame::Leave(h), "LEAVE"),
         (Frame::Members { room: h, members: vec![] }, "MEMBERS"),
         (Frame::Direct { room: h, id: [0; 16], payload: Bytes::new() }, "DIRECT"),
-        (Frame::Unknown { kind: 14, body: Bytes::new() }, "UNKNOWN"),
+        (
+            Frame::Presence(crate::wire::Presence {
+                room: h,
+                origin: NodeId::default(),
+                seq: 0,
+                state: 0,
+                hops: 0,
+                signature: [0; 64],
+            }),
+            "PRESENCE",
+        ),
+        (Frame::Unknown { kind: 15, body: Bytes::new() }, "UNKNOWN"),
     ];
     for (frame, name) in table {
         assert_eq!(frame.name(), name, "{frame:?}");
@@ -156,7 +175,7 @@ fn every_frame_type_has_its_documented_name() {
 fn the_type_bytes_are_the_documented_ones() {
     // Section 3: the byte after the prefix.
     let h = Hash::default();
-    let types: [(Frame, u8); 14] = [
+    let types: [(Frame, u8); 15] = [
         (Frame::Ask(Hash::default()), 0),
         (Frame::Give { hash: Hash::default(), data: Bytes::new() }, 1),
         (Frame::Peers(vec![]), 2),
@@ -181,6 +200,17 @@ fn the_type_bytes_are_the_documented_ones() {
             12,
         ),
         (Frame::Direct { room: h, id: [0; 16], payload: Bytes::new() }, 13),
+        (
+            Frame::Presence(crate::wire::Presence {
+                room: h,
+                origin: NodeId::default(),
+                seq: 0,
+                state: 0,
+                hops: 0,
+                signature: [0; 64],
+            }),
+            14,
+        ),
     ];
     for (frame, kind) in types {
         assert_eq!(frame.to_bytes()[4], kind, "{}", frame.name());

@@ -173,7 +173,7 @@ fn the_largest_frame_is_accepted_and_one_byte_more_refused_from_the_prefix_alone
         assert_refused(&past, "BITFIELD at the largest L whose last bit is piece 2^32"),
         FrameError::BitfieldRange { first: last_first as u32 + 1, bytes: bits.len() }
     );
-    assert_accepted(&raw_frame(14, &body), "unknown type 14 at the largest L");
+    assert_accepted(&raw_frame(15, &body), "unknown type 15 at the largest L");
     assert_accepted(&raw_frame(255, &body), "unknown type 255 at the largest L");
     // The largest prefix waits for its body rather than being refused.
     let max_prefix = (SPEC_MAX_L as u32).to_be_bytes();

@@ -57,6 +57,8 @@ const SPEC_MAX_REASON: usize = 200;
 const SPEC_MESSAGE_HEAD: usize = 145;
 /// Section 4.15: room and id.
 const SPEC_DIRECT_HEAD: usize = 48;
+/// Section 4.16: room, origin, seq, state, hops, signature.
+const SPEC_PRESENCE_LEN: usize = 138;
 /// Sections 4.14 and 4.15: the largest payload.
 const SPEC_MAX_PAYLOAD: usize = 65_536;
 /// Section 6: a file name is at most 255 bytes.
@@ -188,6 +190,7 @@ fn spec_verdict(b: &[u8]) -> Verdict {
         }
         12 => (SPEC_MESSAGE_HEAD..=SPEC_MESSAGE_HEAD + SPEC_MAX_PAYLOAD).contains(&body.len()),
         13 => (SPEC_DIRECT_HEAD..=SPEC_DIRECT_HEAD + SPEC_MAX_PAYLOAD).contains(&body.len()),
+        14 => body.len() == SPEC_PRESENCE_LEN,
         7 => {
             (SPEC_REJECT_HEAD..=SPEC_REJECT_HEAD + SPEC_MAX_REASON).contains(&body.len())
                 && std::str::from_utf8(&body[SPEC_REJECT_HEAD..]).is_ok()

@@ -304,6 +304,14 @@ pub fn room_signature(identity_secret: &[u8; 32], room: &[u8; 32], id: &[u8; 16]
     key.sign(&[&b"pex/2 room message"[..], room, id, payload].concat()).to_bytes()
 }
 
+/// The signature of a room PRESENCE (docs/PROTOCOL.md 4.16): over
+/// "pex/2 room presence" || room || seq (8 bytes, big-endian) || state.
+pub fn presence_signature(identity_secret: &[u8; 32], room: &[u8; 32], seq: u64, state: u8) -> [u8; 64] {
+    use ed25519_dalek::Signer;
+    let key = ed25519_dalek::SigningKey::from_bytes(identity_secret);
+    key.sign(&[&b"pex/2 room presence"[..], room, &seq.to_be_bytes(), &[state]].concat()).to_bytes()
+}
+
 /// The node id of an identity secret: its Ed25519 public key.
 pub fn node_id(identity_secret: &[u8; 32]) -> [u8; 32] {
     ed25519_dalek::SigningKey::from_bytes(identity_secret).verifying_key().to_bytes()

@@ -157,7 +157,15 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             id,
             payload
         }),
-        (14u8..=255, arb_bytes(SPEC_MAX_L - 1)).prop_map(|(kind, body)| Frame::Unknown { kind, body }),
+        (arb_hash(), arb_hash(), any::<u64>(), any::<(u8, u8)>(), any::<[u8; 32]>()).prop_map(
+            |(room, origin, seq, (state, hops), half)| {
+                let mut signature = [0u8; 64];
+                signature[..32].copy_from_slice(&half);
+                signature[32..].copy_from_slice(&room.0);
+                Frame::Presence(pex::wire::Presence { room, origin: NodeId(origin.0), seq, state, hops, signature })
+            }
+        ),
+        (15u8..=255, arb_bytes(SPEC_MAX_L - 1)).prop_map(|(kind, body)| Frame::Unknown { kind, body }),
     ]
 }
 

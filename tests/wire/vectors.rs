@@ -154,6 +154,15 @@ fn message_body(room: &[u8; 32], origin: &[u8; 32], hops: u8, payload: &[u8]) ->
     [&room[..], &MESSAGE_ID, origin, &[hops], &sig, payload].concat()
 }
 
+/// The sequence number of the PRESENCE vectors: 2026-12-08 00:00:00 UTC in milliseconds.
+const PRESENCE_SEQ: u64 = 1_796_688_000_000;
+
+/// A PRESENCE body from the identity of secret 03…03 (node id `origin`), signed by the model.
+fn presence_body(room: &[u8; 32], origin: &[u8; 32], seq: u64, state: u8, hops: u8) -> Vec<u8> {
+    let sig = model::presence_signature(&connection::THIRD, room, seq, state);
+    [&room[..], origin, &seq.to_be_bytes(), &[state, hops], &sig].concat()
+}
+
 fn valid(name: &str, frame: Vec<u8>, note: &str) -> Vector {
     Vector { name: name.into(), valid: true, hex: to_hex(&frame), note: note.into(), error: None }
 }
@@ -290,6 +299,18 @@ pub fn build_fixture(conn: &ConnectionFixture) -> VectorsFixture {
             raw_frame(13, &[&lobby[..], &MESSAGE_ID, &[0x61; 65_536][..]].concat()),
             "DIRECT with the largest payload, 65,536 bytes of \"a\"",
         ),
+        valid(
+            "presence",
+            raw_frame(14, &presence_body(&lobby, &third.node_id.0, PRESENCE_SEQ, 0, 8)),
+            "PRESENCE in room \"lobby\": origin ed4928c6…37d1 (secret 03…03) is here, seq 1796688000000 \
+             (2026-12-08 in ms), 8 hops left, signed by that key over \"pex/2 room presence\" || room || seq \
+             || state",
+        ),
+        valid(
+            "presence_leaving",
+            raw_frame(14, &presence_body(&lobby, &third.node_id.0, PRESENCE_SEQ + 1, 1, 8)),
+            "PRESENCE in room \"lobby\": the same origin has left (state 1), seq 1796688000001, 8 hops left",
+        ),
         invalid("hello_102", raw_frame(3, &hello[..102]), "BadLength", "HELLO body of 102 bytes"),
         invalid("hello_104", raw_frame(3, &[&hello[..], &[0]].concat()), "BadLength", "HELLO body of 104 bytes"),
         invalid(
@@ -349,6 +370,12 @@ pub fn build_fixture(conn: &ConnectionFixture) -> VectorsFixture {
             "BadLength",
             "MESSAGE body of 144 bytes: the head of a MESSAGE with an empty payload (signed as such) from the \
              same origin, one byte short",
+        ),
+        invalid(
+            "presence_137",
+            raw_frame(14, &presence_body(&lobby, &third.node_id.0, PRESENCE_SEQ, 0, 8)[..137]),
+            "BadLength",
+            "PRESENCE body of 137 bytes, one short",
         ),
         invalid(
             "direct_too_large",
@@ -452,6 +479,14 @@ fn v2_vectors_mean_what_their_notes_say() {
         ),
         payload: Bytes::from_static(b"hello, room"),
     };
+    let presence = |state: u8, seq: u64| pex::wire::Presence {
+        room: lobby,
+        origin: third.1,
+        seq,
+        state,
+        hops: 8,
+        signature: pex::identity::Identity::from_secret([3; 32]).sign_presence(&lobby.0, seq, state),
+    };
     let expected: Vec<(&str, Frame)> = vec![
         ("hello", Frame::Hello(hello)),
         ("hello_not_listening", Frame::Hello(Hello { listen_port: 0, flags: 0, ..hello })),
@@ -474,7 +509,16 @@ fn v2_vectors_mean_what_their_notes_say() {
         ("message", Frame::Message(message.clone())),
         ("direct", Frame::Direct { room: lobby, id: MESSAGE_ID, payload: Bytes::from_static(b"hi there") }),
         ("direct_largest", Frame::Direct { room: lobby, id: MESSAGE_ID, payload: Bytes::from(vec![b'a'; 65_536]) }),
+        ("presence", Frame::Presence(presence(0, PRESENCE_SEQ))),
+        ("presence_leaving", Frame::Presence(presence(1, PRESENCE_SEQ + 1))),
     ];
+    // The PRESENCE vectors are signed by their origin over room, seq and state, and only those.
+    for (state, seq) in [(0, PRESENCE_SEQ), (1, PRESENCE_SEQ + 1)] {
+        let p = presence(state, seq);
+        assert!(pex::identity::verify_presence(&p.origin, &p.room.0, p.seq, p.state, &p.signature));
+        assert!(!pex::identity::verify_presence(&p.origin, &p.room.0, p.seq + 1, p.state, &p.signature));
+        assert!(!pex::identity::verify_presence(&p.origin, &p.room.0, p.seq, p.state ^ 1, &p.signature));
+    }
     // The MESSAGE vector is signed by its origin over its room, id and payload, and only those.
     let verify = |m: &pex::wire::RoomMessage| {
         pex::identity::verify_room_message(&m.origin, &m.room.0, &m.id, &m.payload, &m.signature)
@@ -534,6 +578,9 @@ fn docs_protocol_md_quotes_the_vectors_it_names() {
         "direct",
         "join_31",
         "message_144",
+        "presence",
+        "presence_leaving",
+        "presence_137",
     ];
     for name in quoted_v2 {
         let v = v2.vectors.iter().find(|v| v.name == name).unwrap();

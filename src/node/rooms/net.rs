@@ -277,7 +277,8 @@ pub(crate) async fn room_loop(shared: Arc<Shared>) {
         let due = |t: Option<Instant>| t.is_none_or(|t| now.saturating_duration_since(t) >= heartbeat);
         let mut wanted = Vec::new();
         shared.rooms.each(|r| {
-            r.expire(idle, now);
+            // One tick early, so that a silent member is reported within the idle time-out.
+            r.expire(idle.saturating_sub(TICK), now);
             if due(r.presence_sent) {
                 shared.send_presence(r, PRESENCE_HERE, now);
             }
