@@ -1,5 +1,5 @@
-//! Identities, HELLO and MESSAGE signatures, frames and manifests (2.2, 3, 4, 6), encoded and decoded
-//! by hand.
+//! Identities, HELLO, MESSAGE and PRESENCE signatures, frames and manifests (2.2, 3, 4, 6), encoded
+//! and decoded by hand.
 
 use super::*;
 
@@ -43,6 +43,16 @@ impl Identity {
     pub(super) fn room_message(&self, room: &Hash, id: &MessageId, hops: u8, payload: &[u8]) -> Vec<u8> {
         message(room, id, &self.id(), hops, &self.sign_room_message(room, id, payload), payload)
     }
+
+    /// The signature of `"pex/2 room presence" ‖ room ‖ seq (u64 BE) ‖ state` (4.16).
+    pub(super) fn sign_presence(&self, room: &Hash, seq: u64, state: u8) -> [u8; 64] {
+        self.key.sign(&presence_signed(room, seq, state)).to_bytes()
+    }
+
+    /// A PRESENCE frame (4.16) this identity wrote, signed, with `hops` forwards left.
+    pub(super) fn presence(&self, room: &Hash, seq: u64, state: u8, hops: u8) -> Vec<u8> {
+        presence(room, &self.id(), seq, state, hops, &self.sign_presence(room, seq, state))
+    }
 }
 
 /// Strict verification, as 4.4 requires of HELLO signatures.
@@ -68,6 +78,17 @@ fn room_message_signed(room: &Hash, id: &MessageId, payload: &[u8]) -> Vec<u8> {
 pub(super) fn room_message_signature_ok(m: &RoomMessage) -> bool {
     let Ok(key) = VerifyingKey::from_bytes(&m.origin) else { return false };
     key.verify_strict(&room_message_signed(&m.room, &m.id, &m.payload), &Signature::from_bytes(&m.sig)).is_ok()
+}
+
+/// The bytes a PRESENCE signature signs (4.16): `hops` and `origin` are not among them.
+fn presence_signed(room: &Hash, seq: u64, state: u8) -> Vec<u8> {
+    [ROOM_PRESENCE_CONTEXT, &room[..], &seq.to_be_bytes(), &[state]].concat()
+}
+
+/// Verification of a PRESENCE signature by its origin (4.16), strict as for HELLO (4.4).
+pub(super) fn presence_signature_ok(p: &Presence) -> bool {
+    let Ok(key) = VerifyingKey::from_bytes(&p.origin) else { return false };
+    key.verify_strict(&presence_signed(&p.room, p.seq, p.state), &Signature::from_bytes(&p.sig)).is_ok()
 }
 
 /// A received HELLO body (4.4), checked by the codec but not yet its signature.
@@ -224,6 +245,37 @@ pub(super) fn direct(room: &Hash, id: &MessageId, payload: &[u8]) -> Vec<u8> {
 /// The head of a DIRECT body before its payload: room, id (4.15).
 pub(super) const DIRECT_HEAD: usize = 32 + 16;
 
+/// PRESENCE (4.16) with the signature given; `Identity::presence` signs it.
+pub(super) fn presence(room: &Hash, origin: &Hash, seq: u64, state: u8, hops: u8, sig: &[u8; 64]) -> Vec<u8> {
+    frame(PRESENCE, &[&room[..], &origin[..], &seq.to_be_bytes(), &[state, hops], &sig[..]].concat())
+}
+
+/// The whole PRESENCE body: room, origin, seq, state, hops, signature (section 3: exactly 138).
+pub(super) const PRESENCE_BODY: usize = 32 + 32 + 8 + 1 + 1 + 64;
+
+/// A PRESENCE body (4.16), its length checked by the codec but not its signature nor its state.
+#[derive(Clone, Debug)]
+pub(super) struct Presence {
+    pub(super) room: Hash,
+    pub(super) origin: Hash,
+    pub(super) seq: u64,
+    pub(super) state: u8,
+    pub(super) hops: u8,
+    pub(super) sig: [u8; 64],
+}
+
+pub(super) fn parse_presence(body: &[u8]) -> Presence {
+    assert_eq!(body.len(), PRESENCE_BODY, "PRESENCE body length");
+    Presence {
+        room: body[..32].try_into().unwrap(),
+        origin: body[32..64].try_into().unwrap(),
+        seq: u64::from_be_bytes(body[64..72].try_into().unwrap()),
+        state: body[72],
+        hops: body[73],
+        sig: body[74..].try_into().unwrap(),
+    }
+}
+
 /// Bits for `pieces` pieces with `set(i)` deciding each, spare bits zero (4.6, 5.7).
 pub(super) fn bits_where(pieces: usize, set: impl Fn(usize) -> bool) -> Vec<u8> {
     let mut bits = vec![0u8; pieces.div_ceil(8)];
@@ -296,6 +348,7 @@ impl Frame {
             Some(MEMBERS) => "MEMBERS",
             Some(MESSAGE) => "MESSAGE",
             Some(DIRECT) => "DIRECT",
+            Some(PRESENCE) => "PRESENCE",
             Some(_) => "unknown",
         };
         let wire = self.wire();
@@ -334,7 +387,9 @@ pub(super) fn codec_check(ty: Option<u8>, body: &[u8]) -> Result<(), &'static st
         Some(MEMBERS) => n >= 32 && (n - 32) % 50 == 0 && n <= 32 + 2500,
         Some(MESSAGE) => (MESSAGE_HEAD..=MESSAGE_HEAD + MAX_ROOM_PAYLOAD).contains(&n),
         Some(DIRECT) => (DIRECT_HEAD..=DIRECT_HEAD + MAX_ROOM_PAYLOAD).contains(&n),
-        // Types 14 to 255: unknown, ignored whatever their length (up to the maximum `L`).
+        // Any state byte passes the codec: receivers ignore states other than 0 and 1 (4.16).
+        Some(PRESENCE) => n == PRESENCE_BODY,
+        // Types 15 to 255: unknown, ignored whatever their length (up to the maximum `L`).
         Some(_) => true,
     };
     if !length_ok {

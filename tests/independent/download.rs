@@ -286,7 +286,7 @@ fn frames_may_be_split_and_joined_across_transport_messages() {
 #[test]
 fn a_node_in_no_room_declines_a_join_and_ignores_the_other_room_frames() {
     // Section "Rooms": a node that is a member of no room answers JOIN with LEAVE
-    // for that room and ignores LEAVE, MEMBERS, MESSAGE and DIRECT.
+    // for that room and ignores LEAVE, MEMBERS, MESSAGE, DIRECT and PRESENCE.
     let dir = tempfile::tempdir().unwrap();
     let (file, original) = write_file(dir.path(), "one.bin", PIECE, 5);
     let hashes = piece_hashes(&original);
@@ -303,6 +303,7 @@ fn a_node_in_no_room_declines_a_join_and_ignores_the_other_room_frames() {
         frame(11, &[&room[..], &member].concat()),
         frame(12, &[&room[..], &id, &rng.hash(), &[3], &[0u8; 64], b"hello"].concat()),
         frame(13, &[&room[..], &id, b"hi"].concat()),
+        frame(14, &[&room[..], &rng.hash(), &1u64.to_be_bytes(), &[0, 3], &[0u8; 64]].concat()),
     ]
     .concat();
     c.send(&quiet);

@@ -76,16 +76,19 @@ const BITFIELD: u8 = 5;
 const HAVE: u8 = 6;
 const REJECT: u8 = 7;
 const CANCEL: u8 = 8;
-// Section 3: the room frames (4.11 to 4.15).
+// Section 3: the room frames (4.11 to 4.16).
 const JOIN: u8 = 9;
 const LEAVE: u8 = 10;
 const MEMBERS: u8 = 11;
 const MESSAGE: u8 = 12;
 const DIRECT: u8 = 13;
+const PRESENCE: u8 = 14;
 // Section "Rooms (4.11 to 4.15)": a room id is `SHA-256("pex-room" ‖ name)`.
 const ROOM_CONTEXT: &[u8] = b"pex-room";
 // Section 4.14: what a MESSAGE signature signs begins with these 18 bytes.
 const ROOM_MESSAGE_CONTEXT: &[u8] = b"pex/2 room message";
+// Section 4.16: what a PRESENCE signature signs begins with these 19 bytes.
+const ROOM_PRESENCE_CONTEXT: &[u8] = b"pex/2 room presence";
 // Sections 4.14 and 4.15: the largest MESSAGE or DIRECT payload.
 const MAX_ROOM_PAYLOAD: usize = 65_536;
 

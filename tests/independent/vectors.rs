@@ -46,6 +46,10 @@ fn encoder_and_decoder_reproduce_the_spec_vectors() {
     let origin = Identity::from_secret(&[3; 32]);
     assert_eq!(origin.id(), id_of(3));
     let hello_room_sig = origin.sign_room_message(&lobby, &msg_id, b"hello, room");
+    // 4.16: seq 1796688000000 (ms since 1970), then one more when it leaves.
+    let seq: u64 = 1_796_688_000_000;
+    let here_sig = origin.sign_presence(&lobby, seq, 0);
+    let leaving_sig = origin.sign_presence(&lobby, seq + 1, 1);
 
     // (name, our encoding, the hex quoted in docs/PROTOCOL.md, or "" where the spec quotes none)
     let valid: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -74,6 +78,8 @@ fn encoder_and_decoder_reproduce_the_spec_vectors() {
         ("message", message(&lobby, &msg_id, &id_of(3), 8, &hello_room_sig, b"hello, room"), "0000009d0c6580e362b37f6f807d9d3db28cca8210eb95034acae079062c7bbb36a768cf91000102030405060708090a0b0c0d0e0fed4928c628d1c2c6eae90338905995612959273a5c63f93636c14614ac8737d1080a1b45407d14944ea525c887522a34541d5a417e0f96c4c2db3ee90cb8e4b78fe0838fe3aae5780de91d1099341e2925fba2f62881408cf1b691a173126cd00168656c6c6f2c20726f6f6d"),
         ("direct", direct(&lobby, &msg_id, b"hi there"), "000000390d6580e362b37f6f807d9d3db28cca8210eb95034acae079062c7bbb36a768cf91000102030405060708090a0b0c0d0e0f6869207468657265"),
         ("direct_largest", direct(&lobby, &msg_id, &[b'a'; MAX_ROOM_PAYLOAD]), ""),
+        ("presence", presence(&lobby, &id_of(3), seq, 0, 8, &here_sig), "0000008b0e6580e362b37f6f807d9d3db28cca8210eb95034acae079062c7bbb36a768cf91ed4928c628d1c2c6eae90338905995612959273a5c63f93636c14614ac8737d1000001a252f3340000083877bb058f037e82966809f1e0c6b537b1024be621111ed91b355be7c7df8e7385cabcb0e08b17861d00159611cdffd7f12be8c61c532d930af77a58adb23e01"),
+        ("presence_leaving", presence(&lobby, &id_of(3), seq + 1, 1, 8, &leaving_sig), "0000008b0e6580e362b37f6f807d9d3db28cca8210eb95034acae079062c7bbb36a768cf91ed4928c628d1c2c6eae90338905995612959273a5c63f93636c14614ac8737d1000001a252f3340101087aeef5308d09729f1f4dc535d706ecf080e9ac9c01f7fa17473415c8fc33a55578050a818d41a73e0d0f41a0ee4a415c8a03fdcb9a22e8b8249794749c83fa08"),
     ];
     for (name, ours, quoted) in &valid {
         let fixture = vector_hex(&v2, name);
@@ -113,6 +119,24 @@ fn encoder_and_decoder_reproduce_the_spec_vectors() {
     assert!(!room_message_signature_ok(&RoomMessage { room: room_id("lobby2"), ..m.clone() }), "another room");
     assert!(!room_message_signature_ok(&RoomMessage { origin: id_of(4), ..m.clone() }), "another origin");
     assert!(room_message_signature_ok(&RoomMessage { hops: 7, ..m.clone() }), "hops is not signed");
+
+    // 4.16: the PRESENCE vectors' signatures are the origin's over room, seq and state, but not
+    // hops; our identity of secret 03…03 reproduces both frames.
+    for (name, seq, state) in [("presence", seq, 0), ("presence_leaving", seq + 1, 1)] {
+        let wire = unhex(&vector_hex(&v2, name));
+        let p = parse_presence(&decode_frames(&wire).unwrap()[0].body);
+        assert_eq!((p.room, p.origin, p.seq, p.state, p.hops), (lobby, id_of(3), seq, state, 8), "{name}");
+        assert!(presence_signature_ok(&p), "the signature of the v2 vector {name}");
+        assert_eq!(p.sig, origin.sign_presence(&lobby, seq, state), "{name}: our signature");
+        assert_eq!(origin.presence(&lobby, seq, state, 8), wire, "{name}: our identity's frame");
+        assert!(!presence_signature_ok(&Presence { seq: seq + 2, ..p.clone() }), "{name}: another seq");
+        assert!(!presence_signature_ok(&Presence { state: state ^ 1, ..p.clone() }), "{name}: another state");
+        assert!(!presence_signature_ok(&Presence { room: room_id("lobby2"), ..p.clone() }), "{name}: another room");
+        assert!(!presence_signature_ok(&Presence { origin: id_of(4), ..p.clone() }), "{name}: another origin");
+        assert!(presence_signature_ok(&Presence { hops: 7, ..p.clone() }), "{name}: hops is not signed");
+    }
+    assert_ne!(here_sig, leaving_sig);
+
     let (room, entries) = parse_members(&decode_frames(&unhex(&vector_hex(&v2, "members_one"))).unwrap()[0].body);
     assert_eq!((room, entries), (lobby, vec![(id_of(3), ipv4("192.0.2.7"), 9000)]));
 
@@ -154,6 +178,8 @@ fn encoder_and_decoder_reproduce_the_spec_vectors() {
             "BadLength",
         ),
         ("direct_too_large", direct(&lobby, &msg_id, &[b'a'; MAX_ROOM_PAYLOAD + 1]), "BadLength"),
+        // 4.16: "the `presence` vector cut one byte short".
+        ("presence_137", frame(PRESENCE, &origin.presence(&lobby, seq, 0, 8)[5..4 + PRESENCE_BODY]), "BadLength"),
     ];
     let mut invalid_names = HashSet::new();
     for (name, ours, error) in &invalid {
@@ -176,11 +202,14 @@ fn encoder_and_decoder_reproduce_the_spec_vectors() {
             assert!(invalid_names.contains(name), "invalid v2 vector {name} is not checked by this test");
         }
     }
-    // Section 3's invalid examples, as it quotes them (v1 vectors, and v2 ones; message_144 in 4.14).
+    // Section 3's invalid examples, as it quotes them (v1 vectors, and v2 ones; message_144 in 4.14,
+    // presence_137 in 4.16).
     let join_31 = "00000020096580e362b37f6f807d9d3db28cca8210eb95034acae079062c7bbb36a768cf";
     let message_144 = "000000910c6580e362b37f6f807d9d3db28cca8210eb95034acae079062c7bbb36a768cf91000102030405060708090a0b0c0d0e0fed4928c628d1c2c6eae90338905995612959273a5c63f93636c14614ac8737d108d69e94f2af2e4df3d4e03a09daa0bbcd27b0ce7243776b78dbc7f423447ab60b34ebcab5883cacabdc5401442e00115ec4e5774f8c7825eb3a8b7cba5662b0";
     assert_eq!(join_31, vector_hex(&v2, "join_31"), "section 3 quotes other bytes than the fixture");
     assert_eq!(message_144, vector_hex(&v2, "message_144"), "4.14 quotes other bytes than the fixture");
+    let presence_137 = "0000008a0e6580e362b37f6f807d9d3db28cca8210eb95034acae079062c7bbb36a768cf91ed4928c628d1c2c6eae90338905995612959273a5c63f93636c14614ac8737d1000001a252f3340000083877bb058f037e82966809f1e0c6b537b1024be621111ed91b355be7c7df8e7385cabcb0e08b17861d00159611cdffd7f12be8c61c532d930af77a58adb23e";
+    assert_eq!(presence_137, vector_hex(&v2, "presence_137"), "4.16 quotes other bytes than the fixture");
     for (hex_, error) in [
         ("0010002201", "TooLong"),
         ("0000002000262f0d56e252a408a2cd66e65f1b32cca3633518067a7a773ab27184979893", "BadLength"),
@@ -194,12 +223,13 @@ fn encoder_and_decoder_reproduce_the_spec_vectors() {
         ("0000000507030000ff", "ReasonNotUtf8"),
         (join_31, "BadLength"),
         (message_144, "BadLength"),
+        (presence_137, "BadLength"),
     ] {
         assert_eq!(decode_frames(&unhex(hex_)).err(), Some(error), "section 3 invalid example {hex_}");
     }
 
-    // Types 14 to 255 are unknown (section 3): any length up to the maximum `L` is valid framing.
-    for ty in [14u8, 200, 255] {
+    // Types 15 to 255 are unknown (section 3): any length up to the maximum `L` is valid framing.
+    for ty in [15u8, 200, 255] {
         for body in [&[][..], &[0; 31][..], &vec![0; MAX_L - 1][..]] {
             assert!(decode_frames(&frame(ty, body)).is_ok(), "type {ty} with a body of {} bytes", body.len());
         }
@@ -215,6 +245,19 @@ fn encoder_and_decoder_reproduce_the_spec_vectors() {
     assert!(decode_frames(&message(&lobby, &msg_id, &id_of(3), 0, &sig, &largest)).is_ok());
     let over = vec![b'a'; MAX_ROOM_PAYLOAD + 1];
     assert_eq!(decode_frames(&message(&lobby, &msg_id, &id_of(3), 0, &sig, &over)).err(), Some("BadLength"));
+
+    // Section 3: a PRESENCE body is exactly 138 bytes, no more, no less (type 14 is no longer
+    // unknown); its state is not the codec's business (4.16: receivers ignore other states).
+    let here = unhex(&vector_hex(&v2, "presence"));
+    for n in [0, 31, PRESENCE_BODY - 1, PRESENCE_BODY + 1, MAX_L - 1] {
+        let body: Vec<u8> = here[5..].iter().copied().chain(std::iter::repeat(0)).take(n).collect();
+        assert_eq!(decode_frames(&frame(PRESENCE, &body)).err(), Some("BadLength"), "PRESENCE body of {n} bytes");
+    }
+    assert_eq!(decode_frames(&frame(PRESENCE, &vec![0; MAX_L])).err(), Some("TooLong"));
+    for state in [2u8, 0xff] {
+        let f = presence(&lobby, &id_of(3), seq, state, 0, &sig);
+        assert!(decode_frames(&f).is_ok(), "PRESENCE with state {state}");
+    }
 
     // The frame types version 2 did not change: the v1 vectors, and the v1 layouts of appendix A
     // for the four that changed.

@@ -233,3 +233,27 @@ async fn a_node_outside_the_room_declines_join_and_ignores_its_messages() {
     raw.send(&Frame::Ask(pex::Hash([0; 32]))).await;
     assert!(matches!(raw.next().await, Some(Frame::DontHave(_))), "the connection is still served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_at_its_connection_limit_refuses_with_reject_2_and_the_room_hears_it_is_full() {
+    let config = Config { dial_learned: false, remember: false, max_peers: 1, ..test_config() };
+    let full = Node::start(config, None, tokio_util::sync::CancellationToken::new()).await.unwrap();
+    let _room = full.join_room("small").unwrap();
+    let (first, second) = (member().await, member().await);
+    let first_room = first.join_room("small").unwrap();
+    first.add_peer(full.local_addr().unwrap());
+    wait_until("the first member is in", || first_room.neighbours() == vec![full.id()]).await;
+    let mut second_room = second.join_room("small").unwrap();
+    second.add_peer(full.local_addr().unwrap());
+    loop {
+        match tokio::time::timeout(PATIENCE, second_room.recv()).await.expect("no event in time") {
+            Some(RoomEvent::Full(addr)) => {
+                assert_eq!(addr, full.local_addr().unwrap());
+                break;
+            }
+            Some(RoomEvent::Message { .. }) | None => panic!("unexpected"),
+            Some(_) => {}
+        }
+    }
+    assert!(!second.is_connected(&full.id()));
+}
