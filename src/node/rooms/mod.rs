@@ -223,6 +223,18 @@ impl Room {
     }
 }
 
+/// The events as a stream, for applications that combine streams.
+impl futures_core::Stream for Room {
+    type Item = RoomEvent;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<RoomEvent>> {
+        self.events.poll_recv(cx)
+    }
+}
+
 impl Drop for Room {
     fn drop(&mut self) {
         self.depart();
