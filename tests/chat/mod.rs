@@ -10,19 +10,19 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// One `pex chat` process, its stdin and its output lines.
-struct Chatter {
+pub struct Chatter {
     child: Proc,
     stdin: Option<ChildStdin>,
     out: mpsc::Receiver<String>,
     err: mpsc::Receiver<String>,
     /// Its node id's first 8 hex digits, as others print it.
-    short: String,
+    pub short: String,
     /// What another member passes to `--peer`: `NODEID@[::1]:PORT`.
-    peer: String,
+    pub peer: String,
 }
 
 impl Chatter {
-    fn start(dir: &Path, name: &str, extra: &[&str]) -> Chatter {
+    pub fn start(dir: &Path, name: &str, extra: &[&str]) -> Chatter {
         let data = dir.join(name);
         let mut child = Proc::spawn(
             crate::pex()
@@ -47,7 +47,7 @@ impl Chatter {
         Chatter { child, stdin, out, err, short, peer }
     }
 
-    fn say(&mut self, line: &str) {
+    pub fn say(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().unwrap();
         stdin.write_all(line.as_bytes()).unwrap();
         stdin.write_all(b"\n").unwrap();
@@ -71,11 +71,11 @@ impl Chatter {
         }
     }
 
-    fn stdout_until(&self, want: &str) -> Vec<String> {
+    pub fn stdout_until(&self, want: &str) -> Vec<String> {
         Self::until(&self.out, want, |l| l == want)
     }
 
-    fn stderr_until(&self, want: &str) -> Vec<String> {
+    pub fn stderr_until(&self, want: &str) -> Vec<String> {
         Self::until(&self.err, want, |l| l == want)
     }
 

@@ -260,3 +260,23 @@ fn a_seeder_shows_a_live_status_line_and_ctrl_c_exits_130() {
     term.ctrl_c();
     assert_eq!(term.wait().code(), Some(130));
 }
+
+#[test]
+fn chat_on_a_terminal_shows_what_arrives_and_ctrl_c_leaves_the_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = crate::chat::Chatter::start(dir.path(), "a", &[]);
+    let data = dir.path().join("t");
+    let args = ["chat", "lobby", "--listen", "[::1]:0", "--peer", &a.peer, "--data-dir", data.to_str().unwrap()];
+    let mut t = Terminal::spawn(&args, 100, dir.path());
+    let (screen, _) = t.wait_for("that A joined", |s| s.contains(&format!("{} joined", a.short)));
+    let short = screen.split("joined room lobby as ").nth(1).and_then(|r| r.split(' ').next()).unwrap().to_owned();
+    // A line typed at the terminal (Enter is a carriage return) goes to the room.
+    t.master.write_all(b"typed at a terminal\r").unwrap();
+    a.stdout_until(&format!("<{short}> typed at a terminal"));
+    a.say("hello, terminal");
+    t.wait_for("A's message", |s| s.contains(&format!("<{}> hello, terminal", a.short)));
+    t.ctrl_c();
+    assert_eq!(t.wait().code(), Some(130));
+    assert!(t.contents().contains("left room lobby"), "{}", t.contents());
+    a.stderr_until(&format!("{short} left"));
+}
