@@ -153,22 +153,25 @@ fn every_frame_type_has_its_documented_name() {
         (Frame::Leave(h), "LEAVE"),
         (Frame::Members { room: h, members: vec![] }, "MEMBERS"),
         (Frame::Direct { room: h, id: [0; 16], payload: Bytes::new() }, "DIRECT"),
-        (
-            Frame::Presence(crate::wire::Presence {
-                room: h,
-                origin: NodeId::default(),
-                seq: 0,
-                state: 0,
-                hops: 0,
-                signature: [0; 64],
-            }),
-            "PRESENCE",
-        ),
+        (zero_presence(), "PRESENCE"),
         (Frame::Unknown { kind: 15, body: Bytes::new() }, "UNKNOWN"),
     ];
     for (frame, name) in table {
         assert_eq!(frame.name(), name, "{frame:?}");
     }
+}
+
+/// A PRESENCE of all zeros, for the tables of names and type bytes.
+fn zero_presence() -> Frame {
+    let h = Hash::default();
+    Frame::Presence(crate::wire::Presence {
+        room: h,
+        origin: NodeId::default(),
+        seq: 0,
+        state: 0,
+        hops: 0,
+        signature: [0; 64],
+    })
 }
 
 #[test]
@@ -200,17 +203,7 @@ fn the_type_bytes_are_the_documented_ones() {
             12,
         ),
         (Frame::Direct { room: h, id: [0; 16], payload: Bytes::new() }, 13),
-        (
-            Frame::Presence(crate::wire::Presence {
-                room: h,
-                origin: NodeId::default(),
-                seq: 0,
-                state: 0,
-                hops: 0,
-                signature: [0; 64],
-            }),
-            14,
-        ),
+        (zero_presence(), 14),
     ];
     for (frame, kind) in types {
         assert_eq!(frame.to_bytes()[4], kind, "{}", frame.name());
