@@ -228,7 +228,7 @@ impl Shared {
             None => {
                 let unreachable = |why: String| RoomError::Unreachable(to, why);
                 let addr = addr.ok_or_else(|| unreachable("no address known for it in the room".into()))?;
-                self.dial_member(addr, to);
+                self.dial_member(addr, to, false);
                 let t = &self.config.timeouts;
                 let deadline = Instant::now() + t.dial + t.hello * 2;
                 loop {
@@ -251,13 +251,20 @@ impl Shared {
         }
     }
 
-    /// Dials a room member at `addr`, expecting node id `id` there.
-    fn dial_member(self: &Arc<Self>, addr: SocketAddr, id: NodeId) {
-        if self.registry.has_node(&id) || self.exchange.is_dialing(&addr) || self.should_skip_dial(&addr) {
-            return;
+    /// Dials a room member at `addr`, expecting node id `id` there; with
+    /// `patient`, not while the address is backing off after failures. True
+    /// if a dial is under way.
+    fn dial_member(self: &Arc<Self>, addr: SocketAddr, id: NodeId, patient: bool) -> bool {
+        if self.registry.has_node(&id) || self.should_skip_dial(&addr) {
+            return self.exchange.is_dialing(&addr);
+        }
+        let backing_off = self.exchange.table().get(&addr).is_some_and(|e| e.next_try > Instant::now());
+        if patient && backing_off {
+            return false;
         }
         self.learn(PeerEntry { node_id: id, addr });
         self.dial_now(addr);
+        self.exchange.is_dialing(&addr)
     }
 }
 
@@ -275,6 +282,16 @@ pub(crate) async fn room_loop(shared: Arc<Shared>) {
         }
         let now = Instant::now();
         let due = |t: Option<Instant>| t.is_none_or(|t| now.saturating_duration_since(t) >= heartbeat);
+        // Dials that ended without a connection give their place to other members at once.
+        let mut pending = Vec::new();
+        shared.rooms.each(|r| {
+            pending.extend(r.dialling.keys().map(|id| (r.id, *id, r.members.get(id).and_then(|m| m.addr))));
+        });
+        for (room, id, addr) in pending {
+            if !shared.registry.has_node(&id) && !addr.is_some_and(|a| shared.exchange.is_dialing(&a)) {
+                shared.rooms.with(&room, |r| r.dialling.remove(&id));
+            }
+        }
         let mut wanted = Vec::new();
         shared.rooms.each(|r| {
             // One tick early, so that a silent member is reported within the idle time-out.
@@ -306,8 +323,8 @@ pub(crate) async fn room_loop(shared: Arc<Shared>) {
                     });
                 }
                 None => {
-                    if let Some(addr) = addr {
-                        shared.dial_member(addr, id);
+                    if !addr.is_some_and(|a| shared.dial_member(a, id, true)) {
+                        shared.rooms.with(&room, |r| r.dialling.remove(&id));
                     }
                 }
             }
