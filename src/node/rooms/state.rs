@@ -270,7 +270,13 @@ impl RoomState {
     /// `id` proved it is in the room now; reports it as joined if it was not.
     pub fn heard(&mut self, id: NodeId, addr: Option<SocketAddr>, now: Instant) {
         if !self.members.contains_key(&id) && self.members.len() >= MAX_MEMBERS {
-            return;
+            // Proof beats hearsay: a full table makes room by forgetting an
+            // unproven MEMBERS entry, so made-up entries cannot crowd out members.
+            let Some(hearsay) = self.members.iter().find(|(_, m)| m.heard.is_none() && !m.present).map(|(k, _)| *k)
+            else {
+                return;
+            };
+            self.members.remove(&hearsay);
         }
         let m = self.members.entry(id).or_insert(Member {
             addr,
@@ -507,6 +513,24 @@ mod tests {
         assert_eq!(got[..4], want, "{got:?}");
         assert!(got[4..].contains(&RoomEvent::Left(x)) && got.len() == 6, "{got:?}");
         assert!(!r.presence_is_new(&y, 11), "a replayed presence stays old");
+    }
+
+    #[test]
+    fn made_up_members_cannot_crowd_out_a_member_that_proves_itself() {
+        let (mut r, mut events) = room(1, 2);
+        let now = Instant::now();
+        let fake = |i: usize| {
+            let mut id = [0u8; 32];
+            id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            PeerEntry { node_id: NodeId(id), addr: "[::1]:9".parse().unwrap() }
+        };
+        r.learn(NodeId([9; 32]), (0..MAX_MEMBERS + 10).map(fake).collect(), now);
+        assert_eq!(r.members.len(), MAX_MEMBERS);
+        let real = NodeId([0xee; 32]);
+        r.heard(real, None, now);
+        assert_eq!(r.present(), vec![real]);
+        assert_eq!(r.members.len(), MAX_MEMBERS);
+        assert_eq!(events.try_recv().ok(), Some(RoomEvent::Joined(real)));
     }
 
     #[test]
