@@ -185,7 +185,11 @@ async fn a_peer_pinned_with_another_node_id_gets_no_frame_after_the_hellos() {
     let bytes = data(MIB, 95);
     let (_s, info, _) = seeder(dir.path(), "f", &bytes, test_config()).await;
     let impostor = FakePeer::new().serving_meta(&info).start().await;
-    let fetcher = node_in(&dir.path().join("fetcher"), test_config()).await;
+    // The fetchers do not listen: a node of another test dialling a port this
+    // process has reused would otherwise count as a connected peer, and the
+    // fetch would give up on it instead of on the impostor.
+    let quiet = || Config { listen: None, ..test_config() };
+    let fetcher = node_in(&dir.path().join("fetcher"), quiet()).await;
     let wanted = Identity::generate().node_id();
     let opts = FetchOptions { expect: vec![(impostor.addr, wanted)], ..failing_fetch(dir.path().join("out"), vec![]) };
     let err = fetch_with(&fetcher, info.root, opts).await.unwrap_err().to_string();
@@ -194,7 +198,7 @@ async fn a_peer_pinned_with_another_node_id_gets_no_frame_after_the_hellos() {
     assert_eq!(impostor.handshakes(), 0, "the node sent PEERS (or more) to a node it was not told to trust");
     assert!(!dir.path().join("out").exists());
     // The right id is accepted there.
-    let fetcher = node_in(&dir.path().join("g"), test_config()).await;
+    let fetcher = node_in(&dir.path().join("g"), quiet()).await;
     let opts =
         FetchOptions { expect: vec![(impostor.addr, impostor.id)], ..failing_fetch(dir.path().join("o2"), vec![]) };
     let _ = fetch_with(&fetcher, info.root, opts).await;
