@@ -40,9 +40,23 @@ pub async fn chat(name: String, args: NodeArgs, quiet: bool, token: Cancellation
     }
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut reading = true;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut told: Vec<Option<String>> = vec![None; args.peers.len()];
     loop {
         tokio::select! {
             _ = token.cancelled() => break,
+            _ = tick.tick() => {
+                // Alone in the room: say why the members given cannot be reached, once per reason.
+                if !quiet && room.neighbours().is_empty() {
+                    for (p, last) in args.peers.iter().zip(told.iter_mut()) {
+                        let error = node.dial_error(&p.addr);
+                        if error.is_some() && error != *last {
+                            say(true, format!("cannot reach {}: {} (retrying)", p.addr, error.as_deref().unwrap_or("")));
+                        }
+                        *last = error;
+                    }
+                }
+            }
             line = lines.next_line(), if reading => match line {
                 Ok(Some(line)) => typed(&room, &line).await,
                 // End of input: keep listening until Ctrl-C, as a logger in a pipe would.

@@ -160,3 +160,13 @@ fn a_member_killed_with_sigkill_is_reported_left_by_every_other_member() {
         assert!(after < Duration::from_secs(3 + 15), "{after:?}");
     }
 }
+
+#[test]
+fn a_chat_whose_only_member_cannot_be_reached_says_so_and_keeps_trying() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1 of [::1].
+    let alone = Chatter::start(dir.path(), "alone", &["--peer", "[::1]:1"]);
+    Chatter::until(&alone.err, "the dial error", |l| {
+        l.starts_with("cannot reach [::1]:1: ") && l.ends_with("(retrying)")
+    });
+}
