@@ -138,7 +138,7 @@ enum Command {
 #[derive(Args, Clone)]
 struct NodeArgs {
     /// Address to accept connections on [default: [::]:9000 for seed and serve,
-    /// [::]:0 (any free port) for fetch].
+    /// [::]:0 (any free port) for fetch and chat].
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// A node to connect to (repeatable), e.g. [::1]:9000 or host:9000; as
@@ -161,7 +161,8 @@ struct NodeArgs {
     /// Neither remember the peers met in the data directory nor start from those remembered.
     #[arg(long)]
     no_remember: bool,
-    /// Print one JSON summary on stdout when the command ends.
+    /// Print one JSON summary on stdout when the command ends (chat: one JSON
+    /// object per message received).
     #[arg(long)]
     json: bool,
     /// Neither answer nor send local-network discovery queries (UDP multicast).
