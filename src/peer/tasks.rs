@@ -221,9 +221,8 @@ async fn write_loop<H: Handler>(
                 }
             },
         };
-        let written = tokio::select! {
-            _ = conn.close.cancelled() => None,
-            r = async {
+        let written = {
+            let write = async {
                 match (&frame, &answer) {
                     (Some(frame), _) => writer.write_frame_within(frame, None, Some(write_timeout)).await,
                     (None, Some((hash, body, _))) => {
@@ -231,7 +230,15 @@ async fn write_loop<H: Handler>(
                     }
                     (None, None) => Ok(()),
                 }
-            } => Some(r),
+            };
+            tokio::pin!(write);
+            tokio::select! {
+                // Closing mid-write: the frame is finished (within the linger) so that
+                // the stream stays whole for what was queued and the last frame; a
+                // peer that does not read gets no more.
+                _ = conn.close.cancelled() => tokio::time::timeout(super::LINGER, &mut write).await.ok(),
+                r = &mut write => Some(r),
+            }
         };
         if !matches!(written, Some(Ok(()))) {
             // Not sent after all: others may have the blob at once.
