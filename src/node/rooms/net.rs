@@ -159,10 +159,7 @@ impl Shared {
     pub(crate) fn rooms_peer_joined(&self, conn: &Arc<PeerConn>) {
         let now = Instant::now();
         self.rooms.each(|r| {
-            if r.wants(conn, now) {
-                r.asked(conn, now);
-                conn.send(Frame::Join(r.id));
-            }
+            r.join_if_wanted(conn, now);
         });
     }
 
@@ -181,11 +178,8 @@ impl Shared {
         let conns = self.registry.all();
         let now = Instant::now();
         self.rooms.with(id, |r| {
-            for c in conns {
-                if r.wants(&c, now) {
-                    r.asked(&c, now);
-                    c.send(Frame::Join(r.id));
-                }
+            for c in &conns {
+                r.join_if_wanted(c, now);
             }
             self.send_presence(r, PRESENCE_HERE, now);
         });
@@ -315,12 +309,7 @@ pub(crate) async fn room_loop(shared: Arc<Shared>) {
         for (room, id, addr) in wanted {
             match shared.registry.by_node(&id) {
                 Some(conn) => {
-                    shared.rooms.with(&room, |r| {
-                        if r.wants(&conn, now) {
-                            r.asked(&conn, now);
-                            conn.send(Frame::Join(room));
-                        }
-                    });
+                    shared.rooms.with(&room, |r| r.join_if_wanted(&conn, now));
                 }
                 None => {
                     if !addr.is_some_and(|a| shared.dial_member(a, id, true)) {

@@ -177,6 +177,14 @@ impl RoomState {
         self.declined.get(id).is_some_and(|t| now.saturating_duration_since(*t) < DECLINED_FOR)
     }
 
+    /// Sends JOIN on `conn` (and records it) if [`RoomState::wants`] it.
+    pub fn join_if_wanted(&mut self, conn: &Arc<PeerConn>, now: Instant) {
+        if self.wants(conn, now) {
+            self.asked(conn, now);
+            conn.send(Frame::Join(self.id));
+        }
+    }
+
     /// Records the JOIN we send on `conn`.
     pub fn asked(&mut self, conn: &Arc<PeerConn>, now: Instant) {
         self.dialling.remove(&conn.node_id);
