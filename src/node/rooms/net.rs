@@ -229,8 +229,10 @@ impl Shared {
                     if let Some(c) = self.registry.by_node(&to) {
                         break c;
                     }
-                    let failed = !self.exchange.is_dialing(&addr);
-                    if Instant::now() > deadline || (failed && self.registry.by_node(&to).is_none()) {
+                    // No dial under way and (checked after, as a dial registers its
+                    // connection before it ends) no connection: it failed or could not start.
+                    let ended = !self.exchange.is_dialing(&addr) && self.registry.by_node(&to).is_none();
+                    if Instant::now() > deadline || ended {
                         let why = self.exchange.table().get(&addr).and_then(|e| e.last_error.clone());
                         return Err(unreachable(why.unwrap_or_else(|| format!("no connection to {addr}"))));
                     }
